@@ -1,0 +1,241 @@
+//! Kafka client settings shared by every subcommand, and the few admin calls they need.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Where the brokers are and any librdkafka properties the user passed with `-X`.
+#[derive(Clone, Debug, Default)]
+pub struct ClientSettings {
+    pub brokers: String,
+    /// Applied last, so they override our defaults (e.g. `linger.ms`) and carry SASL/SSL.
+    pub properties: Vec<(String, String)>,
+}
+
+/// Parses one `-X key=value`.
+pub fn parse_property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("expected key=value, got {text:?}")),
+    }
+}
+
+impl ClientSettings {
+    fn base(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        config
+    }
+
+    fn with_overrides(&self, mut config: ClientConfig) -> ClientConfig {
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// Producer tuned for latency on small brokers: a few ms of linger, because one produce
+    /// request per message overwhelms them, and acks from all replicas like the service.
+    pub fn producer(&self, linger_ms: u32) -> ClientConfig {
+        let mut config = self.base();
+        config
+            .set("linger.ms", linger_ms.to_string())
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            // Generous local queue: the open-loop sender must not block on it in normal runs.
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .set("message.max.bytes", "1048576");
+        self.with_overrides(config)
+    }
+
+    /// Consumer that returns data as soon as it is there: brokers that poll inside a fetch
+    /// add up to `fetch.wait.max.ms` to every hop.
+    pub fn consumer(&self, group: &str) -> ClientConfig {
+        let mut config = self.base();
+        config
+            .set("group.id", group)
+            .set("fetch.wait.max.ms", "5")
+            .set("fetch.min.bytes", "1")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        self.with_overrides(config)
+    }
+
+    pub fn admin(&self) -> ClientConfig {
+        self.with_overrides(self.base())
+    }
+}
+
+/// Client context that prints client errors (broker down, authentication failures) on stderr;
+/// rdkafka would otherwise hand them to a `log` backend nobody installed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoggingContext;
+
+impl ClientContext for LoggingContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        eprintln!("kafka: {error}: {reason}");
+    }
+}
+
+impl ConsumerContext for LoggingContext {}
+
+/// Creates the topics that do not exist yet; existing ones are left as they are.
+pub fn create_topics(
+    settings: &ClientSettings,
+    topics: &[&str],
+    partitions: i32,
+    timeout: Duration,
+) -> KafkaResult<()> {
+    let admin: AdminClient<DefaultClientContext> = settings.admin().create()?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    let results = block_on(admin.create_topics(new_topics.iter(), &options))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes topics, e.g. a capacity step's, so the broker's memory does not fill up.
+pub fn delete_topics(
+    settings: &ClientSettings,
+    topics: &[&str],
+    timeout: Duration,
+) -> KafkaResult<()> {
+    let admin: AdminClient<DefaultClientContext> = settings.admin().create()?;
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    for result in block_on(admin.delete_topics(topics, &options))? {
+        if let Err((_, code)) = result {
+            if code != RDKafkaErrorCode::UnknownTopicOrPartition {
+                return Err(KafkaError::AdminOp(code));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Assigns every partition of `topics` at its current end, so the consumer sees exactly what
+/// is produced after this returns. Resolving the offsets here, instead of assigning
+/// `Offset::End`, avoids the race where the end is looked up after the first messages landed.
+pub fn assign_at_end<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topics: &[&str],
+    timeout: Duration,
+) -> KafkaResult<()> {
+    let deadline = Instant::now() + timeout;
+    let mut assignment = TopicPartitionList::new();
+    for topic in topics {
+        for partition in partitions_of(consumer, topic, deadline)? {
+            let (_, high) = consumer.fetch_watermarks(topic, partition, remaining(deadline))?;
+            assignment.add_partition_offset(topic, partition, Offset::Offset(high))?;
+        }
+    }
+    consumer.assign(&assignment)
+}
+
+/// Partition ids of a topic, retrying while a just-created topic is not in the metadata yet.
+pub fn partitions_of<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    deadline: Instant,
+) -> KafkaResult<Vec<i32>> {
+    loop {
+        let metadata = consumer.fetch_metadata(Some(topic), remaining(deadline))?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .filter(|t| t.error().is_none())
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+            .filter(|ids| !ids.is_empty());
+        match found {
+            Some(ids) => return Ok(ids),
+            None if Instant::now() >= deadline => {
+                return Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::UnknownTopicOrPartition,
+                ))
+            }
+            None => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
+}
+
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Drives one future on this thread. The admin client completes its futures from its own
+/// thread, so an async runtime would be dead weight here.
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    let mut context = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_parse_and_override_defaults() {
+        assert_eq!(
+            parse_property("security.protocol=SASL_SSL"),
+            Ok(("security.protocol".into(), "SASL_SSL".into()))
+        );
+        assert_eq!(
+            parse_property("sasl.password=a=b"),
+            Ok(("sasl.password".into(), "a=b".into()))
+        );
+        assert!(parse_property("novalue").is_err());
+        assert!(parse_property("=x").is_err());
+
+        let settings = ClientSettings {
+            brokers: "127.0.0.1:9092".into(),
+            properties: vec![("linger.ms".into(), "20".into())],
+        };
+        assert_eq!(settings.producer(5).get("linger.ms"), Some("20"));
+        assert_eq!(settings.consumer("g").get("fetch.wait.max.ms"), Some("5"));
+        assert_eq!(settings.consumer("g").get("group.id"), Some("g"));
+    }
+
+    #[test]
+    fn block_on_runs_ready_futures() {
+        assert_eq!(block_on(async { 7 }), 7);
+    }
+}

@@ -1,0 +1,125 @@
+//! Command-line entry point: parses the subcommand and hands it to its module.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use std::sync::atomic::Ordering;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use loadgen::{capacity, passthrough, run, sim, STOP};
+use time::macros::format_description;
+use time::Date;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Transaction simulator and load generator for fraudscore"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a labelled synthetic transaction history as JSON lines, sorted by time.
+    Simulate(SimulateArgs),
+    /// Send simulated transactions at a fixed rate (open loop) and measure end-to-end latency
+    /// to the scored and dead-letter topics; exits non-zero when outputs are missing.
+    Run(run::RunArgs),
+    /// Step the rate up, then bisect, to find the highest rate that meets the p99 SLO.
+    Capacity(capacity::CapacityArgs),
+    /// Copy input to output with no work: the latency floor, and a stand-in service.
+    Passthrough(passthrough::PassthroughArgs),
+}
+
+#[derive(Args, Debug)]
+struct SimulateArgs {
+    #[arg(long, default_value_t = 5_000)]
+    customers: u32,
+    #[arg(long, default_value_t = 10_000)]
+    terminals: u32,
+    #[arg(long, default_value_t = 183)]
+    days: u32,
+    /// First simulated day (UTC), YYYY-MM-DD.
+    #[arg(long, default_value = "2018-04-01", value_parser = parse_date)]
+    start_date: Date,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Customers use only terminals closer than this, on a 100 x 100 map.
+    #[arg(long, default_value = "5")]
+    radius: sim::Radius,
+    /// Output file; `-` or absent for stdout.
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+fn parse_date(text: &str) -> Result<Date, time::error::Parse> {
+    Date::parse(text, format_description!("[year]-[month]-[day]"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let command = Cli::parse().command;
+    ctrlc::set_handler(|| {
+        // A second Ctrl-C means "now".
+        if STOP.swap(true, Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+        eprintln!("loadgen: stopping (again to quit at once)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    match command {
+        Command::Simulate(args) => simulate(args),
+        Command::Run(args) => {
+            let report = run::execute(&args).context("loadgen run")?;
+            run::print_summary(&report, &args.report);
+            if report.summary.missing > 0 {
+                bail!("{} of {} messages missing", report.summary.missing, report.summary.sent);
+            }
+            Ok(())
+        }
+        Command::Capacity(args) => {
+            let report = capacity::execute(&args).context("loadgen capacity")?;
+            capacity::print_summary(&report);
+            Ok(())
+        }
+        Command::Passthrough(args) => {
+            passthrough::execute(&args).context("loadgen passthrough")?;
+            Ok(())
+        }
+    }
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let config = sim::SimulationConfig {
+        seed: args.seed,
+        population: sim::PopulationParams {
+            customers: args.customers,
+            terminals: args.terminals,
+            radius: args.radius,
+        },
+        fraud: sim::FraudParams::default(),
+        days: args.days,
+        start_date: args.start_date,
+    };
+    let (sink, destination): (Box<dyn Write>, String) = match args.output.as_deref() {
+        Some(path) if path.as_os_str() != "-" => {
+            let file =
+                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            (Box::new(file), path.display().to_string())
+        }
+        _ => (Box::new(io::stdout().lock()), "stdout".to_owned()),
+    };
+    let started = Instant::now();
+    let summary = sim::simulate(&config, &mut BufWriter::with_capacity(1 << 20, sink))
+        .with_context(|| format!("simulating into {destination}"))?;
+    eprintln!(
+        "simulate: {summary} -> {destination} in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

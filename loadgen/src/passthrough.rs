@@ -1,0 +1,346 @@
+//! `loadgen passthrough`: copies input to output with no work, the latency floor of the
+//! pipeline with the service's client settings.
+//!
+//! Offsets are committed only once the copy is acknowledged, so a crash re-sends rather
+//! than loses (at-least-once, like the service).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::kafka::{self, ClientSettings, LoggingContext};
+use crate::STOP;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct PassthroughArgs {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    #[arg(long, default_value = "transactions")]
+    pub input_topic: String,
+    #[arg(long, default_value = "transactions-scored")]
+    pub output_topic: String,
+    #[arg(long, default_value = "passthrough")]
+    pub group: String,
+    /// Where a group without committed offsets starts: latest or earliest.
+    #[arg(long, default_value = "latest")]
+    pub offset_reset: String,
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u32,
+    /// How often acknowledged offsets are committed.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
+    /// Create the input and output topics first if they do not exist.
+    #[arg(long)]
+    pub create_topics: bool,
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Stop after this long (default: until Ctrl-C or SIGTERM).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// librdkafka property for the producer and consumer, e.g. -X security.protocol=SASL_SSL.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = kafka::parse_property)]
+    pub property: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PassthroughError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("a copy was not delivered ({0}); offsets from it on were not committed")]
+    Delivery(String),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassthroughStats {
+    pub copied: u64,
+    pub acknowledged: u64,
+}
+
+/// Source position of a copy, carried through the producer to its acknowledgement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Source {
+    partition: i32,
+    offset: i64,
+}
+
+/// Collects acknowledgements; the delivery callback runs inside `producer.poll`, on the
+/// copying thread, and the main loop drains them from there.
+#[derive(Default)]
+struct Acks {
+    delivered: Mutex<Vec<Source>>,
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Acks {
+    fn error(&self, error: KafkaError, reason: &str) {
+        eprintln!("kafka producer: {error}: {reason}");
+    }
+}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = Box<Source>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, source: Box<Source>) {
+        match result {
+            Ok(_) => self
+                .delivered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(*source),
+            Err((error, _)) => {
+                let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+                failed.get_or_insert_with(|| {
+                    format!(
+                        "partition {} offset {}: {error}",
+                        source.partition, source.offset
+                    )
+                });
+            }
+        }
+    }
+}
+
+/// Per input partition: offsets copied but not yet acknowledged, and the next offset after
+/// everything consumed. The commit position is the oldest unacknowledged offset, so nothing
+/// unacknowledged is ever committed even when acknowledgements arrive out of order (copies
+/// of one input partition land in several output partitions).
+#[derive(Debug, Default)]
+pub struct Progress {
+    partitions: BTreeMap<i32, PartitionProgress>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionProgress {
+    in_flight: BTreeSet<i64>,
+    next: i64,
+    committed: Option<i64>,
+}
+
+impl Progress {
+    pub fn consumed(&mut self, partition: i32, offset: i64) {
+        let p = self.partitions.entry(partition).or_default();
+        p.in_flight.insert(offset);
+        p.next = p.next.max(offset + 1);
+    }
+
+    pub fn acknowledged(&mut self, partition: i32, offset: i64) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.in_flight.remove(&offset);
+        }
+    }
+
+    /// Positions that moved since the last call: (partition, next offset to read).
+    pub fn to_commit(&mut self) -> Vec<(i32, i64)> {
+        let mut moved = Vec::new();
+        for (&partition, p) in &mut self.partitions {
+            let position = p.in_flight.first().copied().unwrap_or(p.next);
+            if p.committed != Some(position) {
+                p.committed = Some(position);
+                moved.push((partition, position));
+            }
+        }
+        moved
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.partitions.values().map(|p| p.in_flight.len()).sum()
+    }
+}
+
+pub fn execute(args: &PassthroughArgs) -> Result<PassthroughStats, PassthroughError> {
+    let settings = ClientSettings {
+        brokers: args.brokers.clone(),
+        properties: args.property.clone(),
+    };
+    if args.create_topics {
+        kafka::create_topics(
+            &settings,
+            &[&args.input_topic, &args.output_topic],
+            args.partitions,
+            Duration::from_secs(30),
+        )?;
+    }
+    let consumer: BaseConsumer<LoggingContext> = settings
+        .consumer(&args.group)
+        .set("auto.offset.reset", &args.offset_reset)
+        .set("enable.auto.offset.store", "false")
+        .create_with_context(LoggingContext)?;
+    let producer: BaseProducer<Acks> = settings
+        .producer(args.linger_ms)
+        .create_with_context(Acks::default())?;
+    consumer.subscribe(&[&args.input_topic])?;
+    eprintln!(
+        "passthrough: {} -> {} as group {}",
+        args.input_topic, args.output_topic, args.group
+    );
+
+    let started = Instant::now();
+    let mut progress = Progress::default();
+    let mut stats = PassthroughStats::default();
+    let mut last_commit = Instant::now();
+    let mut last_report = Instant::now();
+    let mut copied_at_report = 0;
+    let mut failure = None;
+    loop {
+        if STOP.load(Ordering::Relaxed) || args.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        if let Some(polled) = consumer.poll(Duration::from_millis(20)) {
+            let message = polled?;
+            let source = Source {
+                partition: message.partition(),
+                offset: message.offset(),
+            };
+            let headers = message.headers().map(|headers| {
+                headers
+                    .iter()
+                    .fold(OwnedHeaders::new_with_capacity(headers.count()), |h, header| {
+                        h.insert(Header {
+                            key: header.key,
+                            value: header.value,
+                        })
+                    })
+            });
+            let mut record: BaseRecord<'_, [u8], [u8], Box<Source>> =
+                BaseRecord::with_opaque_to(&args.output_topic, Box::new(source));
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            if let Some(payload) = message.payload() {
+                record = record.payload(payload);
+            }
+            if let Some(headers) = headers {
+                record = record.headers(headers);
+            }
+            progress.consumed(source.partition, source.offset);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        producer.poll(Duration::from_millis(1));
+                    }
+                    Err((error, _)) => return Err(error.into()),
+                }
+            }
+            stats.copied += 1;
+        }
+        producer.poll(Duration::ZERO);
+        stats.acknowledged += drain_acks(&producer, &mut progress);
+        if let Some(error) = producer
+            .context()
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            failure = Some(error);
+            break;
+        }
+        if last_commit.elapsed() >= args.commit_interval {
+            commit(&consumer, &args.input_topic, &mut progress, CommitMode::Async);
+            last_commit = Instant::now();
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            eprintln!(
+                "passthrough: copied {} ({:.0}/s), {} awaiting acknowledgement",
+                stats.copied,
+                (stats.copied - copied_at_report) as f64 / last_report.elapsed().as_secs_f64(),
+                progress.in_flight()
+            );
+            copied_at_report = stats.copied;
+            last_report = Instant::now();
+        }
+    }
+    // Finish what was copied, then commit it, so a restart resumes right after it.
+    if let Err(error) = producer.flush(Duration::from_secs(10)) {
+        eprintln!("passthrough: flush: {error}");
+    }
+    stats.acknowledged += drain_acks(&producer, &mut progress);
+    if failure.is_none() {
+        commit(&consumer, &args.input_topic, &mut progress, CommitMode::Sync);
+    }
+    eprintln!(
+        "passthrough: stopped after copying {} messages ({} acknowledged)",
+        stats.copied, stats.acknowledged
+    );
+    match failure {
+        Some(error) => Err(PassthroughError::Delivery(error)),
+        None => Ok(stats),
+    }
+}
+
+fn drain_acks(producer: &BaseProducer<Acks>, progress: &mut Progress) -> u64 {
+    let acks = std::mem::take(
+        &mut *producer
+            .context()
+            .delivered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    for source in &acks {
+        progress.acknowledged(source.partition, source.offset);
+    }
+    acks.len() as u64
+}
+
+fn commit(
+    consumer: &BaseConsumer<LoggingContext>,
+    topic: &str,
+    progress: &mut Progress,
+    mode: CommitMode,
+) {
+    let moved = progress.to_commit();
+    if moved.is_empty() {
+        return;
+    }
+    let mut offsets = TopicPartitionList::new();
+    for (partition, position) in moved {
+        if let Err(error) = offsets.add_partition_offset(topic, partition, Offset::Offset(position))
+        {
+            eprintln!("passthrough: {error}");
+        }
+    }
+    // A failed commit is retried with the next one; losing it only means re-copying on restart.
+    if let Err(error) = consumer.commit(&offsets, mode) {
+        eprintln!("passthrough: commit: {error}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_stop_at_the_oldest_unacknowledged_copy() {
+        let mut progress = Progress::default();
+        for offset in 10..15 {
+            progress.consumed(0, offset);
+        }
+        progress.consumed(1, 3);
+        assert_eq!(progress.to_commit(), [(0, 10), (1, 3)]);
+        assert_eq!(progress.to_commit(), []);
+        // Out-of-order acknowledgements: 11 and 12 done, 10 still out.
+        progress.acknowledged(0, 12);
+        progress.acknowledged(0, 11);
+        assert_eq!(progress.to_commit(), []);
+        progress.acknowledged(0, 10);
+        assert_eq!(progress.to_commit(), [(0, 13)]);
+        progress.acknowledged(0, 13);
+        progress.acknowledged(0, 14);
+        progress.acknowledged(1, 3);
+        assert_eq!(progress.to_commit(), [(0, 15), (1, 4)]);
+        assert_eq!(progress.in_flight(), 0);
+        // An acknowledgement for a partition never seen is ignored.
+        progress.acknowledged(7, 1);
+        assert_eq!(progress.to_commit(), []);
+    }
+}

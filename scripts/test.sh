@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Every test, with everything they need: ONNX Runtime, the nisshi broker (built once, ~10 min),
+# then the Rust tests (unit, property, ONNX, and integration against the real broker).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/broker.sh start
+trap 'bash scripts/broker.sh stop' EXIT
+# Integration tests fail, rather than skip, when the broker is missing.
+export FRAUDSCORE_REQUIRE_BROKER=1
+cargo test --workspace --no-fail-fast 2>&1

@@ -1,0 +1,435 @@
+//! The service configuration: a TOML file, overridden from the environment, checked strictly.
+//!
+//! Environment rule: `FRAUDSCORE__<SECTION>__<KEY>` sets `<section>.<key>` (case-insensitive, `__`
+//! between levels), e.g. `FRAUDSCORE__KAFKA__BROKERS=10.0.0.1:9092`. Inside the librdkafka tables
+//! (`kafka.common`, `kafka.consumer`, `kafka.producer`) a `_` in the key stands for `.`:
+//! `FRAUDSCORE__KAFKA__PRODUCER__LINGER_MS=5` sets `linger.ms`. Values are read as TOML when they
+//! parse as such (numbers, booleans), otherwise as strings.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::engine::{EngineConfig, Thresholds};
+
+pub const ENV_PREFIX: &str = "FRAUDSCORE__";
+const PROPERTY_TABLES: [&str; 3] = ["common", "consumer", "producer"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub engine: EngineSection,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    #[serde(default = "default_input")]
+    pub input_topic: String,
+    #[serde(default = "default_output")]
+    pub output_topic: String,
+    #[serde(default = "default_dlq")]
+    pub dlq_topic: String,
+    #[serde(default = "default_guarantee")]
+    pub processing_guarantee: Guarantee,
+    /// Transactional id for exactly-once; must be unique per instance.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    #[serde(default = "default_commit_interval", deserialize_with = "duration")]
+    pub commit_interval: Duration,
+    #[serde(default)]
+    pub common: BTreeMap<String, PropertyValue>,
+    #[serde(default)]
+    pub consumer: BTreeMap<String, PropertyValue>,
+    #[serde(default)]
+    pub producer: BTreeMap<String, PropertyValue>,
+}
+
+/// A librdkafka property: TOML lets users write `5` or `"5"` or `true`; librdkafka wants strings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PropertyValue(pub String);
+
+impl<'de> Deserialize<'de> for PropertyValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => Ok(PropertyValue(s)),
+            toml::Value::Integer(i) => Ok(PropertyValue(i.to_string())),
+            toml::Value::Float(f) => Ok(PropertyValue(f.to_string())),
+            toml::Value::Boolean(b) => Ok(PropertyValue(b.to_string())),
+            other => Err(serde::de::Error::custom(format!(
+                "a librdkafka property must be a string, number or boolean, not {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub path: PathBuf,
+    #[serde(default = "one")]
+    pub intra_threads: usize,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    #[serde(default, deserialize_with = "duration")]
+    pub max_wait: Duration,
+    #[serde(default = "default_review")]
+    pub review_threshold: f32,
+    #[serde(default = "default_decline")]
+    pub decline_threshold: f32,
+}
+
+impl ModelConfig {
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            review: self.review_threshold,
+            decline: self.decline_threshold,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    #[serde(default = "default_lateness", deserialize_with = "duration")]
+    pub allowed_lateness: Duration,
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            allowed_lateness: default_lateness(),
+            max_message_bytes: default_max_message_bytes(),
+        }
+    }
+}
+
+impl EngineSection {
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            max_message_bytes: self.max_message_bytes,
+            allowed_lateness: self.allowed_lateness,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::default(),
+            level: default_level(),
+        }
+    }
+}
+
+fn default_group() -> String {
+    "fraudscore".into()
+}
+fn default_input() -> String {
+    "transactions".into()
+}
+fn default_output() -> String {
+    "transactions-scored".into()
+}
+fn default_dlq() -> String {
+    "transactions-dlq".into()
+}
+fn default_guarantee() -> Guarantee {
+    Guarantee::AtLeastOnce
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn one() -> usize {
+    1
+}
+fn default_max_batch() -> usize {
+    64
+}
+fn default_review() -> f32 {
+    Thresholds::default().review
+}
+fn default_decline() -> f32 {
+    Thresholds::default().decline
+}
+fn default_lateness() -> Duration {
+    EngineConfig::default().allowed_lateness
+}
+fn default_max_message_bytes() -> usize {
+    EngineConfig::default().max_message_bytes
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+fn default_level() -> String {
+    "info".into()
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!("`{s}` is not a duration like 100ms, 5s or 1h: {e}"))
+    })
+}
+
+impl Config {
+    /// Reads `path`, applies `FRAUDSCORE__*` variables from `env`, and checks every key.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string(), env)
+    }
+
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |origin: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
+        let mut root: toml::Table =
+            toml::from_str(text).map_err(|e| invalid(origin, e.to_string()))?;
+        let mut sources = vec![origin.to_string()];
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let keys = env_path(path);
+            set_path(&mut root, &keys, parse_env_value(&value))
+                .map_err(|message| invalid(&name, message))?;
+            sources.push(name);
+        }
+        // Re-reading the merged document as text makes errors quote the offending key and line.
+        let merged = toml::to_string(&root).map_err(|e| invalid(origin, e.to_string()))?;
+        let config: Config = toml::from_str(&merged)
+            .map_err(|e: toml::de::Error| invalid(&sources.join(" + "), e.to_string()))?;
+        config
+            .check()
+            .map_err(|m| invalid(&sources.join(" + "), m))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let m = &self.model;
+        if m.max_batch == 0 {
+            return Err("model.max_batch must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&m.review_threshold)
+            || !(0.0..=1.0).contains(&m.decline_threshold)
+            || m.review_threshold > m.decline_threshold
+        {
+            return Err(format!(
+                "model.review_threshold ({}) and model.decline_threshold ({}) must satisfy 0 <= review <= decline <= 1",
+                m.review_threshold, m.decline_threshold
+            ));
+        }
+        if self.kafka.processing_guarantee == Guarantee::ExactlyOnce
+            && self.kafka.transactional_id.is_none()
+        {
+            return Err(
+                "kafka.transactional_id is required when kafka.processing_guarantee = \"exactly_once\""
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `KAFKA__PRODUCER__LINGER_MS` → ["kafka", "producer", "linger.ms"].
+fn env_path(path: &str) -> Vec<String> {
+    let mut keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+    if keys.len() == 3 && keys[0] == "kafka" && PROPERTY_TABLES.contains(&keys[1].as_str()) {
+        keys[2] = keys[2].replace('_', ".");
+    }
+    keys
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+fn set_path(root: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = keys.split_last().ok_or("empty key")?;
+    let mut table = root;
+    for k in parents {
+        let entry = table
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{k}` is not a table"))?;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> String {
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/fraudscore.toml"
+        ))
+        .unwrap()
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn shipped_config_parses_with_working_defaults() {
+        let c = Config::parse(&shipped(), "fraudscore.toml", []).unwrap();
+        assert_eq!(c.kafka.input_topic, "transactions");
+        assert_eq!(c.kafka.output_topic, "transactions-scored");
+        assert_eq!(c.kafka.dlq_topic, "transactions-dlq");
+        assert_eq!(c.kafka.group_id, "fraudscore");
+        assert_eq!(c.kafka.processing_guarantee, Guarantee::AtLeastOnce);
+        assert_eq!(c.http.listen, default_listen());
+        assert_eq!(c.engine.allowed_lateness, Duration::from_secs(3600));
+        assert_eq!(c.engine.max_message_bytes, 65536);
+        assert!(c.kafka.consumer.contains_key("fetch.wait.max.ms"));
+    }
+
+    #[test]
+    fn environment_overrides_follow_one_rule() {
+        let c = Config::parse(
+            &shipped(),
+            "fraudscore.toml",
+            env(&[
+                ("FRAUDSCORE__KAFKA__BROKERS", "10.1.2.3:9093"),
+                ("FRAUDSCORE__MODEL__MAX_BATCH", "16"),
+                ("FRAUDSCORE__ENGINE__ALLOWED_LATENESS", "30m"),
+                ("FRAUDSCORE__KAFKA__PRODUCER__LINGER_MS", "2"),
+                ("FRAUDSCORE__KAFKA__COMMON__SECURITY_PROTOCOL", "SASL_SSL"),
+                ("OTHER__THING", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "10.1.2.3:9093");
+        assert_eq!(c.model.max_batch, 16);
+        assert_eq!(c.engine.allowed_lateness, Duration::from_secs(1800));
+        assert_eq!(c.kafka.producer["linger.ms"], PropertyValue("2".into()));
+        assert_eq!(
+            c.kafka.common["security.protocol"],
+            PropertyValue("SASL_SSL".into())
+        );
+    }
+
+    #[test]
+    fn unknown_or_wrong_keys_are_named() {
+        let e =
+            Config::parse(&format!("{}\n[extra]\nx = 1\n", shipped()), "f.toml", []).unwrap_err();
+        assert!(e.to_string().contains("extra"), "{e}");
+        let e = Config::parse(
+            &shipped(),
+            "f.toml",
+            env(&[("FRAUDSCORE__MODEL__MAX_BACH", "3")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_bach"), "{e}");
+        assert!(e.to_string().contains("FRAUDSCORE__MODEL__MAX_BACH"), "{e}");
+        let e = Config::parse(
+            &shipped(),
+            "f.toml",
+            env(&[("FRAUDSCORE__MODEL__MAX_BATCH", "many")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_batch"), "{e}");
+        let e = Config::parse(
+            &shipped(),
+            "f.toml",
+            env(&[("FRAUDSCORE__ENGINE__ALLOWED_LATENESS", "soon")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("allowed_lateness"), "{e}");
+        let e = Config::parse(
+            &shipped(),
+            "f.toml",
+            env(&[("FRAUDSCORE__KAFKA__PROCESSING_GUARANTEE", "exactly_once")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("transactional_id"), "{e}");
+    }
+}

@@ -1,0 +1,385 @@
+//! The feature vocabulary: parsing feature names into a [`FeatureSpec`] and building [`Features`] for one event.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use crate::time::EventTime;
+use crate::window::WindowStats;
+
+/// Always in the output, whatever the model takes: the two features of the original workshop.
+pub const ALWAYS: [&str; 2] = ["customer_tx_count_10m", "customer_avg_amount_7d"];
+
+const MIN_WINDOW_MS: i64 = 1_000;
+const MAX_WINDOW_MS: i64 = 30 * 86_400_000;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FeatureError {
+    #[error("unknown feature `{0}`: expected customer_tx_count_<w>, customer_sum_amount_<w>, customer_avg_amount_<w>, amount_to_avg_<w>, amount, hour_of_day or is_weekend")]
+    Unknown(String),
+    #[error("feature `{name}`: window `{window}` is not <n><s|m|h|d> from 1s to 30d")]
+    BadWindow { name: String, window: String },
+    #[error("feature `{0}` is listed twice")]
+    Duplicate(String),
+}
+
+/// A sliding window length in event time, from 1 second to 30 days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WindowLen(i64);
+
+impl WindowLen {
+    pub fn parse(s: &str) -> Option<WindowLen> {
+        let unit_ms = match s.chars().last()? {
+            's' => 1_000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
+            _ => return None,
+        };
+        let digits = &s[..s.len() - 1];
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let ms = digits.parse::<i64>().ok()?.checked_mul(unit_ms)?;
+        (MIN_WINDOW_MS..=MAX_WINDOW_MS)
+            .contains(&ms)
+            .then_some(WindowLen(ms))
+    }
+
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    pub fn from_duration(d: Duration) -> Option<WindowLen> {
+        let ms = i64::try_from(d.as_millis()).ok()?;
+        (MIN_WINDOW_MS..=MAX_WINDOW_MS)
+            .contains(&ms)
+            .then_some(WindowLen(ms))
+    }
+}
+
+/// One feature the engine knows how to compute.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Feature {
+    Count(WindowLen),
+    Sum(WindowLen),
+    Avg(WindowLen),
+    AmountToAvg(WindowLen),
+    Amount,
+    HourOfDay,
+    IsWeekend,
+}
+
+impl Feature {
+    pub fn parse(name: &str) -> Result<Feature, FeatureError> {
+        let windowed: [(&str, fn(WindowLen) -> Feature); 4] = [
+            ("customer_tx_count_", Feature::Count),
+            ("customer_sum_amount_", Feature::Sum),
+            ("customer_avg_amount_", Feature::Avg),
+            ("amount_to_avg_", Feature::AmountToAvg),
+        ];
+        for (prefix, make) in windowed {
+            if let Some(w) = name.strip_prefix(prefix) {
+                return WindowLen::parse(w)
+                    .map(make)
+                    .ok_or_else(|| FeatureError::BadWindow {
+                        name: name.to_string(),
+                        window: w.to_string(),
+                    });
+            }
+        }
+        match name {
+            "amount" => Ok(Feature::Amount),
+            "hour_of_day" => Ok(Feature::HourOfDay),
+            "is_weekend" => Ok(Feature::IsWeekend),
+            _ => Err(FeatureError::Unknown(name.to_string())),
+        }
+    }
+
+    fn window(self) -> Option<WindowLen> {
+        match self {
+            Feature::Count(w) | Feature::Sum(w) | Feature::Avg(w) | Feature::AmountToAvg(w) => {
+                Some(w)
+            }
+            Feature::Amount | Feature::HourOfDay | Feature::IsWeekend => None,
+        }
+    }
+
+    /// Counts and flags are integers on the wire.
+    fn is_integer(self) -> bool {
+        matches!(
+            self,
+            Feature::Count(_) | Feature::HourOfDay | Feature::IsWeekend
+        )
+    }
+}
+
+/// The ordered features to compute for every event: the always-present ones, then the model's.
+#[derive(Debug, Clone)]
+pub struct FeatureSpec {
+    names: Vec<String>,
+    features: Vec<Feature>,
+    /// Distinct window lengths, ascending: the state computes each once per event.
+    windows: Vec<WindowLen>,
+    /// For each feature, the index of its window in `windows`.
+    window_index: Vec<usize>,
+    /// For each model input, its position in `features`.
+    model_columns: Vec<usize>,
+}
+
+impl FeatureSpec {
+    /// The spec for a model taking `model_features`, in that order.
+    pub fn for_model<S: AsRef<str>>(model_features: &[S]) -> Result<FeatureSpec, FeatureError> {
+        let mut names: Vec<String> = ALWAYS.iter().map(|s| s.to_string()).collect();
+        let mut model_columns = Vec::with_capacity(model_features.len());
+        for (i, name) in model_features.iter().enumerate() {
+            let name = name.as_ref();
+            if model_features[..i].iter().any(|n| n.as_ref() == name) {
+                return Err(FeatureError::Duplicate(name.to_string()));
+            }
+            let column = match names.iter().position(|n| n == name) {
+                Some(column) => column,
+                None => {
+                    names.push(name.to_string());
+                    names.len() - 1
+                }
+            };
+            model_columns.push(column);
+        }
+        let features = names
+            .iter()
+            .map(|n| Feature::parse(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut windows: Vec<WindowLen> = features.iter().filter_map(|f| f.window()).collect();
+        windows.sort();
+        windows.dedup();
+        let window_index = features
+            .iter()
+            .map(|f| {
+                f.window()
+                    .and_then(|w| windows.iter().position(|x| *x == w))
+                    .unwrap_or(0)
+            })
+            .collect();
+        Ok(FeatureSpec {
+            names,
+            features,
+            windows,
+            window_index,
+            model_columns,
+        })
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn windows(&self) -> &[WindowLen] {
+        &self.windows
+    }
+
+    /// The longest window: how far back the state must reach.
+    pub fn longest_window(&self) -> WindowLen {
+        // ALWAYS holds windowed features, so `windows` is never empty.
+        self.windows
+            .last()
+            .copied()
+            .unwrap_or(WindowLen(MIN_WINDOW_MS))
+    }
+
+    pub fn model_width(&self) -> usize {
+        self.model_columns.len()
+    }
+
+    /// Computes every feature for an event, given the per-window stats from the state.
+    pub fn compute(&self, amount: f64, at: EventTime, stats: &[WindowStats]) -> Features {
+        let values = self
+            .features
+            .iter()
+            .zip(&self.window_index)
+            .map(|(f, &wi)| {
+                let s = stats.get(wi).copied().unwrap_or_default();
+                match f {
+                    Feature::Count(_) => s.count as f64,
+                    Feature::Sum(_) => s.sum,
+                    Feature::Avg(_) => s.mean(),
+                    // A mean of zero means every amount in the window is zero, this one included.
+                    Feature::AmountToAvg(_) if s.mean() == 0.0 => 1.0,
+                    Feature::AmountToAvg(_) => amount / s.mean(),
+                    Feature::Amount => amount,
+                    Feature::HourOfDay => at.hour_of_day() as f64,
+                    Feature::IsWeekend => at.is_weekend() as u8 as f64,
+                }
+            })
+            .collect();
+        Features { values }
+    }
+
+    /// Appends the model's input row for `features` to `row`, as f32 in the model's order.
+    pub fn model_row(&self, features: &Features, row: &mut Vec<f32>) {
+        row.extend(
+            self.model_columns
+                .iter()
+                .map(|&c| features.values[c] as f32),
+        );
+    }
+
+    /// Serializes features as a JSON object in spec order.
+    pub fn named<'a>(&'a self, features: &'a Features) -> NamedFeatures<'a> {
+        NamedFeatures {
+            spec: self,
+            features,
+        }
+    }
+}
+
+/// The feature values of one event, in [`FeatureSpec`] order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    values: Vec<f64>,
+}
+
+impl Features {
+    pub fn values(&self) -> &[f64] {
+        &self.values
+    }
+}
+
+pub struct NamedFeatures<'a> {
+    spec: &'a FeatureSpec,
+    features: &'a Features,
+}
+
+impl Serialize for NamedFeatures<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.spec.names.len()))?;
+        for ((name, f), v) in self
+            .spec
+            .names
+            .iter()
+            .zip(&self.spec.features)
+            .zip(&self.features.values)
+        {
+            if f.is_integer() {
+                map.serialize_entry(name, &(*v as u64))?;
+            } else {
+                map.serialize_entry(name, v)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// The shortest name in the feature scheme: `10m`, `7d`, `90s`.
+impl fmt::Display for WindowLen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (n, unit) = [(86_400_000, 'd'), (3_600_000, 'h'), (60_000, 'm')]
+            .into_iter()
+            .find(|(ms, _)| self.0 % ms == 0)
+            .map_or((self.0 / 1000, 's'), |(ms, u)| (self.0 / ms, u));
+        write!(f, "{n}{unit}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_names() {
+        assert_eq!(WindowLen::parse("30s"), Some(WindowLen(30_000)));
+        assert_eq!(WindowLen::parse("10m"), Some(WindowLen(600_000)));
+        assert_eq!(WindowLen::parse("1h"), Some(WindowLen(3_600_000)));
+        assert_eq!(WindowLen::parse("30d"), Some(WindowLen(MAX_WINDOW_MS)));
+        assert_eq!(WindowLen::parse("1s"), Some(WindowLen(MIN_WINDOW_MS)));
+        for (name, canonical) in [
+            ("60m", "1h"),
+            ("90s", "90s"),
+            ("24h", "1d"),
+            ("10m", "10m"),
+            ("7d", "7d"),
+        ] {
+            assert_eq!(WindowLen::parse(name).unwrap().to_string(), canonical);
+        }
+        for bad in [
+            "0s", "31d", "d", "1", "1w", "-1d", "+1d", "1.5h", "", "720h1",
+        ] {
+            assert_eq!(WindowLen::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn spec_puts_always_features_first_and_maps_model_columns() {
+        let spec =
+            FeatureSpec::for_model(&["amount", "customer_avg_amount_7d", "amount_to_avg_1d"])
+                .unwrap();
+        assert_eq!(
+            spec.names(),
+            [
+                "customer_tx_count_10m",
+                "customer_avg_amount_7d",
+                "amount",
+                "amount_to_avg_1d"
+            ]
+        );
+        assert_eq!(
+            spec.windows(),
+            [
+                WindowLen(600_000),
+                WindowLen(86_400_000),
+                WindowLen(7 * 86_400_000)
+            ]
+        );
+        assert_eq!(spec.longest_window(), WindowLen(7 * 86_400_000));
+        let stats = [
+            WindowStats {
+                count: 2,
+                sum: 30.0,
+            },
+            WindowStats {
+                count: 4,
+                sum: 40.0,
+            },
+            WindowStats {
+                count: 5,
+                sum: 100.0,
+            },
+        ];
+        let at = EventTime::checked(1_795_824_000_000i64).unwrap();
+        let f = spec.compute(20.0, at, &stats);
+        assert_eq!(f.values(), [2.0, 20.0, 20.0, 2.0]);
+        let mut row = Vec::new();
+        spec.model_row(&f, &mut row);
+        assert_eq!(row, [20.0, 20.0, 2.0]);
+        let json = serde_json::to_string(&spec.named(&f)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"customer_tx_count_10m":2,"customer_avg_amount_7d":20.0,"amount":20.0,"amount_to_avg_1d":2.0}"#
+        );
+    }
+
+    #[test]
+    fn calendar_and_zero_mean_features() {
+        let spec =
+            FeatureSpec::for_model(&["hour_of_day", "is_weekend", "amount_to_avg_10m"]).unwrap();
+        let sat_23h = EventTime::checked(1_795_824_000_000i64 + 23 * 3_600_000).unwrap();
+        let stats = [
+            WindowStats { count: 1, sum: 0.0 },
+            WindowStats { count: 1, sum: 0.0 },
+        ];
+        let f = spec.compute(0.0, sat_23h, &stats);
+        assert_eq!(f.values(), [1.0, 0.0, 23.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn unknown_or_bad_features_are_named() {
+        let e = FeatureSpec::for_model(&["amount", "terminal_risk_7d"]).unwrap_err();
+        assert_eq!(e, FeatureError::Unknown("terminal_risk_7d".into()));
+        assert!(e.to_string().contains("terminal_risk_7d"));
+        let e = FeatureSpec::for_model(&["customer_tx_count_45d"]).unwrap_err();
+        assert!(e.to_string().contains("customer_tx_count_45d"), "{e}");
+        let e = FeatureSpec::for_model(&["amount", "amount"]).unwrap_err();
+        assert_eq!(e, FeatureError::Duplicate("amount".into()));
+    }
+}

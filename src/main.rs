@@ -1,0 +1,221 @@
+//! The `fraudscore` command line: run the service, the embedded demo, or an offline replay.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use fraudscore::config::{Config, LogFormat};
+use fraudscore::demo::DemoOptions;
+use fraudscore::engine::{Engine, EngineConfig, Scorer, Thresholds};
+use fraudscore::features::FeatureSpec;
+use fraudscore::model::Model;
+use fraudscore::run::Service;
+use fraudscore::store::Store;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Real-time card fraud scoring: Kafka in, exact event-time windows, ONNX model, Kafka out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: consume transactions from Kafka, score them, produce the results.
+    Run(RunArgs),
+    /// The whole pipeline in one process on an embedded mock Kafka cluster, under a modest load.
+    Demo(DemoArgs),
+    /// Run a file of input values (JSON lines) through the engine, in file order.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML configuration; every key can be overridden by FRAUDSCORE__<SECTION>__<KEY>.
+    #[arg(long, default_value = "config/fraudscore.toml")]
+    config: PathBuf,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Transactions per second.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Simulated customers.
+    #[arg(long, default_value_t = 2000)]
+    customers: u32,
+    /// Share of malformed messages, for the dead-letter path.
+    #[arg(long, default_value_t = 0.01)]
+    bad_ratio: f64,
+    #[arg(long, default_value = "models/fraud.onnx")]
+    model: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Show the service's logs.
+    #[arg(long)]
+    verbose: bool,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The ONNX model; its metadata names the features it takes.
+    #[arg(
+        long,
+        required_unless_present = "features",
+        conflicts_with = "features"
+    )]
+    model: Option<PathBuf>,
+    /// Compute these features without a model (comma-separated names), e.g. to build a training set.
+    #[arg(long, value_delimiter = ',')]
+    features: Vec<String>,
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long)]
+    dlq: PathBuf,
+    /// Rows per inference call.
+    #[arg(long, default_value_t = 64)]
+    max_batch: usize,
+    /// Events older than a customer's newest minus the longest window minus this are rejected as too late.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    allowed_lateness: std::time::Duration,
+    #[arg(long, default_value_t = 0.5)]
+    review_threshold: f32,
+    #[arg(long, default_value_t = 0.9)]
+    decline_threshold: f32,
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Demo(args) => demo(args),
+        Command::Replay(args) => replay(args).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(&args.config, std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fraudscore: configuration error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let format = if args.log_json {
+        LogFormat::Json
+    } else {
+        config.log.format
+    };
+    init_logging(&config.log.level, format);
+    let service = Service::start(config)?;
+    let signal = service.runtime().block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok::<_, std::io::Error>("SIGINT"),
+                _ = term.recv() => return Ok("SIGTERM"),
+                _ = tick.tick() => if service.is_finished() { return Ok("pipeline end") },
+            }
+        }
+    })?;
+    tracing::info!(signal, "shutting down");
+    service.stop()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    init_logging(
+        if args.verbose {
+            "info"
+        } else {
+            "warn,rdkafka=error"
+        },
+        LogFormat::Text,
+    );
+    let opts = DemoOptions {
+        rate: args.rate,
+        duration: args.duration,
+        customers: args.customers,
+        bad_ratio: args.bad_ratio,
+        model: args.model,
+        seed: args.seed,
+    };
+    fraudscore::demo::run(&opts)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let mut scorer = match &args.model {
+        Some(path) => {
+            let model = Model::load(path, 1)?;
+            let thresholds = Thresholds {
+                review: args.review_threshold,
+                decline: args.decline_threshold,
+            };
+            Some(Scorer::new(model, thresholds))
+        }
+        None => None,
+    };
+    let spec = match &scorer {
+        Some(s) => s.model().spec().clone(),
+        None => FeatureSpec::for_model(&args.features)?,
+    };
+    if args.max_batch == 0 {
+        bail!("--max-batch must be at least 1");
+    }
+    let config = EngineConfig {
+        allowed_lateness: args.allowed_lateness,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(spec, &config, Arc::new(Store::default()));
+    let open = |p: &PathBuf| File::open(p).with_context(|| format!("opening {}", p.display()));
+    let create = |p: &PathBuf| File::create(p).with_context(|| format!("creating {}", p.display()));
+    let started = Instant::now();
+    let summary = fraudscore::replay::replay(
+        &mut engine,
+        scorer.as_mut(),
+        args.max_batch,
+        BufReader::with_capacity(1 << 20, open(&args.input)?),
+        BufWriter::with_capacity(1 << 20, create(&args.output)?),
+        BufWriter::new(create(&args.dlq)?),
+    )?;
+    eprintln!(
+        "replayed {} lines in {:.2?}: {} scored ({} duplicates), {} rejected",
+        summary.lines,
+        started.elapsed(),
+        summary.scored,
+        summary.duplicates,
+        summary.rejected
+    );
+    Ok(())
+}

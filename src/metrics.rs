@@ -1,0 +1,182 @@
+//! Prometheus metrics of the service; the names are part of the contract.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::decode::RejectReason;
+
+/// Latency buckets from 0.5 ms to 10 s: scoring is meant to take milliseconds, and stalls must show.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub transactions: IntCounterVec,
+    pub dlq: IntCounterVec,
+    pub processing_seconds: Histogram,
+    pub event_lag_seconds: Histogram,
+    pub inference_seconds: Histogram,
+    pub batch_size: Histogram,
+    pub customers: IntGauge,
+    pub window_events: IntGauge,
+    pub consumer_lag: IntGaugeVec,
+    pub rebalances: IntCounter,
+    pub model_info: IntGaugeVec,
+    pub produce_retries: IntCounter,
+    pub duplicates: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let transactions = IntCounterVec::new(
+            Opts::new(
+                "fraudscore_transactions_total",
+                "Input transactions by outcome: scored or dlq",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let dlq = IntCounterVec::new(
+            Opts::new(
+                "fraudscore_dlq_total",
+                "Dead-lettered messages by reason code",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let processing_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "fraudscore_processing_seconds",
+                "From a message consumed to its output acknowledged by the broker",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let event_lag_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "fraudscore_event_lag_seconds",
+                "scored_at minus the transaction's event timestamp",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0, 60.0, 600.0, 3600.0, 86400.0,
+            ]),
+        )
+        .expect("valid metric");
+        let inference_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "fraudscore_inference_seconds",
+                "One model inference call (a batch)",
+            )
+            .buckets(vec![
+                1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1,
+            ]),
+        )
+        .expect("valid metric");
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("fraudscore_batch_size", "Transactions per inference call").buckets(
+                vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ],
+            ),
+        )
+        .expect("valid metric");
+        let customers = IntGauge::new(
+            "fraudscore_customers",
+            "Customers with window state in this instance",
+        )
+        .expect("valid metric");
+        let window_events = IntGauge::new(
+            "fraudscore_window_events",
+            "Events held in all customers' windows",
+        )
+        .expect("valid metric");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "fraudscore_consumer_lag_messages",
+                "Messages behind the end of each assigned input partition",
+            ),
+            &["partition"],
+        )
+        .expect("valid metric");
+        let rebalances = IntCounter::new(
+            "fraudscore_rebalances_total",
+            "Consumer group rebalances seen",
+        )
+        .expect("valid metric");
+        let model_info = IntGaugeVec::new(
+            Opts::new("fraudscore_model_info", "The loaded model (always 1)"),
+            &["version"],
+        )
+        .expect("valid metric");
+        let produce_retries = IntCounter::new(
+            "fraudscore_produce_retries_total",
+            "Outputs produced again after the producer gave up on a delivery",
+        )
+        .expect("valid metric");
+        let duplicates = IntCounter::new(
+            "fraudscore_duplicates_total",
+            "Re-delivered transactions, scored from the state without being counted again",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(transactions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(dlq.clone()),
+            Box::new(processing_seconds.clone()),
+            Box::new(event_lag_seconds.clone()),
+            Box::new(inference_seconds.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(customers.clone()),
+            Box::new(window_events.clone()),
+            Box::new(consumer_lag.clone()),
+            Box::new(rebalances.clone()),
+            Box::new(model_info.clone()),
+            Box::new(produce_retries.clone()),
+            Box::new(duplicates.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        // Every reason shows from the start, at zero, so that dashboards and alerts see it.
+        for r in RejectReason::ALL {
+            dlq.with_label_values(&[r.code()]);
+        }
+        for outcome in ["scored", "dlq"] {
+            transactions.with_label_values(&[outcome]);
+        }
+        Metrics {
+            registry,
+            transactions,
+            dlq,
+            processing_seconds,
+            event_lag_seconds,
+            inference_seconds,
+            batch_size,
+            customers,
+            window_events,
+            consumer_lag,
+            rebalances,
+            model_info,
+            produce_retries,
+            duplicates,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on invalid metric families, which `new` rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

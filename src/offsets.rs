@@ -1,0 +1,138 @@
+//! Which input offsets may be committed: only those below the oldest message whose output is not yet acknowledged.
+
+use std::collections::{BTreeSet, HashMap};
+
+#[derive(Debug, Default)]
+struct PartitionOffsets {
+    /// Consumed, output not yet acknowledged.
+    in_flight: BTreeSet<i64>,
+    /// One past the highest offset consumed.
+    next: i64,
+    /// The last position handed out for commit.
+    committed: Option<i64>,
+}
+
+impl PartitionOffsets {
+    fn position(&self) -> i64 {
+        self.in_flight.first().copied().unwrap_or(self.next)
+    }
+}
+
+/// Per-partition bookkeeping of consumed and acknowledged offsets.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    partitions: HashMap<i32, PartitionOffsets>,
+}
+
+impl OffsetTracker {
+    /// A message was consumed; its output is on the way.
+    pub fn consumed(&mut self, partition: i32, offset: i64) {
+        let p = self.partitions.entry(partition).or_default();
+        p.in_flight.insert(offset);
+        p.next = p.next.max(offset + 1);
+    }
+
+    /// The broker acknowledged the output of this message.
+    pub fn acknowledged(&mut self, partition: i32, offset: i64) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.in_flight.remove(&offset);
+        }
+    }
+
+    /// Positions (next offset to read) that moved since the last call: safe to commit.
+    pub fn to_commit(&mut self) -> Vec<(i32, i64)> {
+        let mut out = Vec::new();
+        for (&partition, p) in &mut self.partitions {
+            let pos = p.position();
+            if pos > 0 && p.committed != Some(pos) {
+                p.committed = Some(pos);
+                out.push((partition, pos));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Exactly-once: every consumed message's output is in the open transaction, so the position
+    /// to commit with it is one past the highest consumed, whatever is acknowledged yet.
+    pub fn consumed_positions(&mut self) -> Vec<(i32, i64)> {
+        let mut out = Vec::new();
+        for (&partition, p) in &mut self.partitions {
+            if p.committed != Some(p.next) {
+                p.committed = Some(p.next);
+                out.push((partition, p.next));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Positions of these partitions, committed or not, for a final commit before they go.
+    pub fn positions(&self, partitions: &[i32]) -> Vec<(i32, i64)> {
+        partitions
+            .iter()
+            .filter_map(|p| self.partitions.get(p).map(|o| (*p, o.position())))
+            .filter(|(_, pos)| *pos > 0)
+            .collect()
+    }
+
+    pub fn forget(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.partitions.remove(p);
+        }
+    }
+
+    /// Messages consumed whose outputs are not acknowledged yet.
+    pub fn in_flight(&self) -> usize {
+        self.partitions.values().map(|p| p.in_flight.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn commit_stops_below_the_oldest_unacknowledged() {
+        let mut t = OffsetTracker::default();
+        for o in 10..15 {
+            t.consumed(0, o);
+        }
+        t.consumed(1, 3);
+        assert_eq!(t.to_commit(), [(0, 10), (1, 3)]);
+        t.acknowledged(0, 11);
+        t.acknowledged(0, 12);
+        assert_eq!(t.to_commit(), []);
+        t.acknowledged(0, 10);
+        assert_eq!(t.to_commit(), [(0, 13)]);
+        t.acknowledged(0, 13);
+        t.acknowledged(0, 14);
+        t.acknowledged(1, 3);
+        assert_eq!(t.to_commit(), [(0, 15), (1, 4)]);
+        assert_eq!(t.in_flight(), 0);
+        t.forget(&[0]);
+        assert_eq!(t.positions(&[0, 1]), [(1, 4)]);
+    }
+
+    proptest! {
+        /// Whatever order acknowledgements come in, a committed position never passes an
+        /// unacknowledged offset, and once all are acknowledged it reaches the end.
+        #[test]
+        fn never_commits_past_an_unacknowledged_offset(order in Just((0..50i64).collect::<Vec<_>>()).prop_shuffle()) {
+            let mut t = OffsetTracker::default();
+            for o in 0..50 {
+                t.consumed(2, o);
+            }
+            let mut acked = BTreeSet::new();
+            for o in order {
+                t.acknowledged(2, o);
+                acked.insert(o);
+                for (_, pos) in t.to_commit() {
+                    prop_assert!((0..pos).all(|x| acked.contains(&x)));
+                }
+            }
+            prop_assert_eq!(t.positions(&[2]), vec![(2, 50)]);
+        }
+    }
+}

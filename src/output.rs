@@ -1,0 +1,73 @@
+//! Encoding a scored transaction as the output wire format, and a rejection as a dead-letter record.
+
+use serde::Serialize;
+
+use crate::decode::Rejection;
+use crate::engine::{Decision, Prepared, Verdict};
+use crate::features::{FeatureSpec, NamedFeatures};
+use crate::time::EventTime;
+
+#[derive(Serialize)]
+struct Scored<'a> {
+    transaction_id: &'a str,
+    customer_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    terminal_id: Option<&'a str>,
+    amount: f64,
+    timestamp: String,
+    features: NamedFeatures<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<Decision>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_version: Option<&'a str>,
+    scored_at: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+}
+
+/// The output value for one transaction; without a verdict (features-only replay) the score fields are left out.
+pub fn scored(
+    spec: &FeatureSpec,
+    prepared: &Prepared,
+    verdict: Option<(Verdict, &str)>,
+    scored_at: EventTime,
+) -> Vec<u8> {
+    let t = &prepared.transaction;
+    let record = Scored {
+        transaction_id: &t.transaction_id,
+        customer_id: t.customer_id.as_str(),
+        terminal_id: t.terminal_id.as_deref(),
+        amount: t.amount,
+        timestamp: t.timestamp.to_string(),
+        features: spec.named(&prepared.features),
+        score: verdict.map(|(v, _)| v.score),
+        decision: verdict.map(|(v, _)| v.decision),
+        model_version: verdict.map(|(_, version)| version),
+        scored_at: scored_at.to_string(),
+        duplicate: prepared.duplicate,
+    };
+    // Serializing plain strings and numbers into a Vec cannot fail.
+    serde_json::to_vec(&record).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct Rejected<'a> {
+    line: u64,
+    reason: &'static str,
+    error: &'a str,
+    value: &'a str,
+}
+
+/// A replay dead-letter line: `{"line", "reason", "error", "value"}`.
+pub fn rejected_line(line: u64, rejection: &Rejection, value: &[u8]) -> Vec<u8> {
+    let value = String::from_utf8_lossy(value);
+    let record = Rejected {
+        line,
+        reason: rejection.reason.code(),
+        error: &rejection.message,
+        value: &value,
+    };
+    serde_json::to_vec(&record).unwrap_or_default()
+}

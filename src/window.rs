@@ -1,0 +1,295 @@
+//! One customer's recent transactions, kept sorted in event time, answering exact sliding-window counts and sums.
+
+use crate::features::WindowLen;
+use crate::time::EventTime;
+
+/// Bits of the transaction-id hash kept beside the timestamp in an event's 64-bit key.
+/// 42 bits of milliseconds cover 2000..2100; the other 22 tell re-deliveries apart.
+const HASH_BITS: u32 = 22;
+const HASH_MASK: u64 = (1 << HASH_BITS) - 1;
+
+/// Count and sum of amounts over one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WindowStats {
+    pub count: u32,
+    pub sum: f64,
+}
+
+impl WindowStats {
+    pub fn mean(self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum / self.count as f64
+        }
+    }
+}
+
+/// How long the state keeps events, from the feature spec and the allowed lateness.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    longest_ms: i64,
+    lateness_ms: i64,
+}
+
+impl Retention {
+    pub fn new(longest: WindowLen, lateness_ms: i64) -> Retention {
+        Retention {
+            longest_ms: longest.millis(),
+            lateness_ms: lateness_ms.max(0),
+        }
+    }
+
+    /// Events older than this, relative to the customer's newest, are rejected as too late.
+    fn oldest_accepted(&self, newest: i64) -> i64 {
+        newest - self.longest_ms - self.lateness_ms
+    }
+
+    /// The oldest accepted event's longest window reaches back this far; older events can never
+    /// be inside a window again and are dropped.
+    fn drop_at_or_before(&self, newest: i64) -> i64 {
+        self.oldest_accepted(newest) - self.longest_ms
+    }
+
+    /// Total time span the state covers for one customer.
+    pub fn span_ms(&self) -> i64 {
+        2 * self.longest_ms + self.lateness_ms
+    }
+}
+
+/// What happened to an offered event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Counted in the windows from now on.
+    Added,
+    /// Same transaction (id hash and timestamp) already held: scored from the state, not counted again.
+    Duplicate,
+}
+
+/// The event is older than the customer's newest minus the longest window minus the allowed lateness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLate {
+    pub newest: EventTime,
+}
+
+/// An event in 16 bytes: the key orders by timestamp first.
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    key: u64,
+    amount: f64,
+}
+
+fn key(at: EventTime, tx_hash: u64) -> u64 {
+    ((at.millis() - EventTime::MIN.millis()) as u64) << HASH_BITS | (tx_hash & HASH_MASK)
+}
+
+/// The smallest key of any event at a time later than `ms`.
+fn key_after(ms: i64) -> u64 {
+    ((ms + 1 - EventTime::MIN.millis()).max(0) as u64) << HASH_BITS
+}
+
+fn millis_of(key: u64) -> i64 {
+    (key >> HASH_BITS) as i64 + EventTime::MIN.millis()
+}
+
+/// A customer's events within reach of any future window, sorted by (timestamp, id hash).
+#[derive(Debug, Clone, Default)]
+pub struct CustomerWindows {
+    events: Vec<Event>,
+}
+
+impl CustomerWindows {
+    /// Adds an event in its place in event time, unless it is a re-delivery or too late.
+    pub fn insert(
+        &mut self,
+        at: EventTime,
+        tx_hash: u64,
+        amount: f64,
+        retention: &Retention,
+    ) -> Result<Admission, TooLate> {
+        if let Some(newest) = self.newest() {
+            if at.millis() < retention.oldest_accepted(newest.millis()) {
+                return Err(TooLate { newest });
+            }
+        }
+        let k = key(at, tx_hash);
+        let pos = self.events.partition_point(|e| e.key < k);
+        if self.events.get(pos).is_some_and(|e| e.key == k) {
+            return Ok(Admission::Duplicate);
+        }
+        self.events.insert(pos, Event { key: k, amount });
+        self.evict(retention);
+        Ok(Admission::Added)
+    }
+
+    fn evict(&mut self, retention: &Retention) {
+        let Some(newest) = self.newest() else { return };
+        let cut = key_after(retention.drop_at_or_before(newest.millis()));
+        let expired = self.events.partition_point(|e| e.key < cut);
+        if expired > 0 {
+            self.events.drain(..expired);
+            // Give memory back from a customer whose activity dropped, without reallocating often.
+            if self.events.capacity() > 2 * self.events.len() + 8 {
+                self.events
+                    .shrink_to(self.events.len() + self.events.len() / 4 + 1);
+            }
+        }
+    }
+
+    /// Count and sum for each window (ascending lengths) ending at `at`: events in `(at - w, at]`.
+    pub fn stats(&self, at: EventTime, windows: &[WindowLen], out: &mut Vec<WindowStats>) {
+        out.clear();
+        let hi = self
+            .events
+            .partition_point(|e| e.key < key_after(at.millis()));
+        let mut lo = hi;
+        let mut acc = WindowStats::default();
+        for w in windows {
+            let start =
+                self.events[..lo].partition_point(|e| e.key < key_after(at.millis() - w.millis()));
+            acc.count += (lo - start) as u32;
+            acc.sum += self.events[start..lo].iter().map(|e| e.amount).sum::<f64>();
+            lo = start;
+            out.push(acc);
+        }
+    }
+
+    pub fn newest(&self) -> Option<EventTime> {
+        self.events
+            .last()
+            .and_then(|e| EventTime::checked(millis_of(e.key)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Heap bytes held for events, for the memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.events.capacity() * std::mem::size_of::<Event>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const T0: i64 = 1_700_000_000_000;
+    const MIN: i64 = 60_000;
+
+    fn at(ms: i64) -> EventTime {
+        EventTime::checked(ms).unwrap()
+    }
+
+    fn w(ms: i64) -> WindowLen {
+        WindowLen::from_duration(std::time::Duration::from_millis(ms as u64)).unwrap()
+    }
+
+    #[test]
+    fn window_is_half_open_on_the_left() {
+        let r = Retention::new(w(10 * MIN), 0);
+        let mut c = CustomerWindows::default();
+        for (i, t) in [T0, T0 + 1, T0 + 10 * MIN].into_iter().enumerate() {
+            assert_eq!(
+                c.insert(at(t), i as u64, 1.0 + i as f64, &r),
+                Ok(Admission::Added)
+            );
+        }
+        let mut out = Vec::new();
+        // (T0, T0 + 10m]: T0 itself is exactly on the edge and excluded.
+        c.stats(at(T0 + 10 * MIN), &[w(10 * MIN)], &mut out);
+        assert_eq!(out, [WindowStats { count: 2, sum: 5.0 }]);
+        c.stats(at(T0 + 10 * MIN - 1), &[w(10 * MIN)], &mut out);
+        assert_eq!(out, [WindowStats { count: 2, sum: 3.0 }]);
+    }
+
+    #[test]
+    fn redelivery_is_not_counted_twice_but_same_time_other_id_is() {
+        let r = Retention::new(w(10 * MIN), 0);
+        let mut c = CustomerWindows::default();
+        assert_eq!(c.insert(at(T0), 7, 5.0, &r), Ok(Admission::Added));
+        assert_eq!(c.insert(at(T0), 7, 5.0, &r), Ok(Admission::Duplicate));
+        assert_eq!(c.insert(at(T0), 8, 5.0, &r), Ok(Admission::Added));
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn too_late_and_eviction_follow_the_retention_rule() {
+        let r = Retention::new(w(10 * MIN), 5 * MIN);
+        let mut c = CustomerWindows::default();
+        c.insert(at(T0), 1, 1.0, &r).unwrap();
+        c.insert(at(T0 + 40 * MIN), 2, 1.0, &r).unwrap();
+        // newest - 10m - 5m = T0 + 25m is the oldest accepted time.
+        assert_eq!(
+            c.insert(at(T0 + 25 * MIN - 1), 3, 1.0, &r),
+            Err(TooLate {
+                newest: at(T0 + 40 * MIN)
+            })
+        );
+        assert_eq!(
+            c.insert(at(T0 + 25 * MIN), 4, 1.0, &r),
+            Ok(Admission::Added)
+        );
+        // T0 was dropped: it is at or before T0 + 40m - 25m = T0 + 15m.
+        assert_eq!(c.len(), 2);
+    }
+
+    /// The brute-force reference: every event ever accepted, scanned in full.
+    fn reference(accepted: &[(i64, f64)], t: i64, len: i64) -> (u32, f64) {
+        let inside = accepted.iter().filter(|(ts, _)| *ts > t - len && *ts <= t);
+        inside.fold((0, 0.0), |(n, s), (_, a)| (n + 1, s + a))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Random streams, out of order, with duplicate timestamps, events on window edges and
+        /// re-delivered ids: every window agrees with the brute-force reference over all accepted events.
+        #[test]
+        fn windows_match_brute_force(
+            events in prop::collection::vec((0i64..200, 0u64..40, 0u32..10_000, any::<bool>()), 1..200),
+            lateness_min in 0i64..20,
+        ) {
+            let windows = [w(MIN), w(10 * MIN), w(60 * MIN)];
+            let r = Retention::new(windows[2], lateness_min * MIN);
+            let mut c = CustomerWindows::default();
+            let mut accepted: Vec<(i64, f64)> = Vec::new();
+            let mut ids: Vec<(i64, u64)> = Vec::new();
+            let mut newest = i64::MIN;
+            let mut out = Vec::new();
+            for (minute_ish, id, cents, on_edge) in events {
+                // Half the events fall exactly on whole minutes, so that window edges are hit.
+                let t = T0 + if on_edge { (minute_ish / 4) * MIN } else { minute_ish * 17_317 };
+                let amount = cents as f64 / 100.0;
+                let late = newest != i64::MIN && t < newest - 60 * MIN - lateness_min * MIN;
+                match c.insert(at(t), id, amount, &r) {
+                    Err(TooLate { newest: n }) => {
+                        prop_assert!(late);
+                        prop_assert_eq!(n.millis(), newest);
+                        continue;
+                    }
+                    Ok(admission) => {
+                        prop_assert!(!late);
+                        let seen = ids.contains(&(t, id));
+                        prop_assert_eq!(admission == Admission::Duplicate, seen);
+                        if !seen {
+                            ids.push((t, id));
+                            accepted.push((t, amount));
+                        }
+                    }
+                }
+                newest = newest.max(t);
+                c.stats(at(t), &windows, &mut out);
+                for (stats, win) in out.iter().zip(windows) {
+                    let (n, s) = reference(&accepted, t, win.millis());
+                    prop_assert_eq!(stats.count, n);
+                    prop_assert!((stats.sum - s).abs() <= 1e-9 * s.max(1.0), "{} vs {}", stats.sum, s);
+                }
+            }
+        }
+    }
+}

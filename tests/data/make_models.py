@@ -1,0 +1,47 @@
+"""Builds the small ONNX models the Rust tests load: one valid logistic model, and broken ones for start-up checks.
+
+Run from the repository root with the project venv: .tools/venv/bin/python tests/data/make_models.py
+The outputs are committed; this script documents how they were made.
+"""
+import json
+import os
+
+import onnx
+from onnx import TensorProto, helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# score = sigmoid(W . x + B): the Rust test recomputes this by hand.
+WEIGHTS = [0.01, 0.5, -1.0]
+BIAS = -2.0
+
+
+def logistic(features, width, path, meta=True):
+    x = helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, width])
+    y = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [width, 1], (WEIGHTS * width)[:width])
+    b = helper.make_tensor("b", TensorProto.FLOAT, [1], [BIAS])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    nodes = [
+        helper.make_node("MatMul", ["features", "w"], ["z0"]),
+        helper.make_node("Add", ["z0", "b"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], ["p1"]),
+        helper.make_node("Sub", ["one", "p1"], ["p0"]),
+        helper.make_node("Concat", ["p0", "p1"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(nodes, "logistic", [x], [y], [w, b, one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = 8
+    if meta:
+        helper.set_model_props(
+            model,
+            {"fraudscore.features": json.dumps(features), "fraudscore.model_version": "tiny-logistic-1"},
+        )
+    onnx.checker.check_model(model)
+    onnx.save(model, os.path.join(HERE, path))
+
+
+logistic(["amount", "customer_tx_count_1h", "is_weekend"], 3, "tiny.onnx")
+logistic(["amount", "terminal_risk_7d", "is_weekend"], 3, "unknown_feature.onnx")
+logistic(["amount", "is_weekend"], 3, "wrong_width.onnx")
+logistic(["amount", "customer_tx_count_1h", "is_weekend"], 3, "no_features.onnx", meta=False)

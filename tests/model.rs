@@ -1,0 +1,177 @@
+//! The scorer on real `.onnx` files through ONNX Runtime, and the offline replay end to end.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fraudscore::engine::{Engine, EngineConfig, Scorer, Thresholds};
+use fraudscore::model::{Model, ModelError};
+use fraudscore::store::Store;
+use serde_json::Value;
+
+fn data(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// What tests/data/make_models.py put into tiny.onnx.
+fn tiny_score(x: [f32; 3]) -> f32 {
+    let z = 0.01 * x[0] + 0.5 * x[1] - 1.0 * x[2] - 2.0;
+    1.0 / (1.0 + (-z).exp())
+}
+
+#[test]
+fn tiny_model_scores_like_its_formula_at_every_batch_size() {
+    let mut model = Model::load(&data("tiny.onnx"), 1).unwrap();
+    assert_eq!(model.version(), "tiny-logistic-1");
+    assert_eq!(
+        model.spec().names(),
+        [
+            "customer_tx_count_10m",
+            "customer_avg_amount_7d",
+            "amount",
+            "customer_tx_count_1h",
+            "is_weekend"
+        ]
+    );
+    let rows: Vec<[f32; 3]> = (0..37)
+        .map(|i| [i as f32 * 13.7, (i % 5) as f32, (i % 2) as f32])
+        .collect();
+    let mut scores = Vec::new();
+    for batch in [1, 2, 16, 37] {
+        for chunk in rows.chunks(batch) {
+            let flat: Vec<f32> = chunk.iter().flatten().copied().collect();
+            model.score(&flat, &mut scores).unwrap();
+            assert_eq!(scores.len(), chunk.len());
+            for (row, s) in chunk.iter().zip(&scores) {
+                assert!(
+                    (s - tiny_score(*row)).abs() < 1e-6,
+                    "{row:?}: {s} vs {}",
+                    tiny_score(*row)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn models_the_engine_cannot_serve_fail_at_load_naming_the_problem() {
+    let e = Model::load(&data("unknown_feature.onnx"), 1).unwrap_err();
+    assert!(matches!(e, ModelError::Feature { .. }), "{e}");
+    assert!(e.to_string().contains("terminal_risk_7d"), "{e}");
+
+    let e = Model::load(&data("wrong_width.onnx"), 1).unwrap_err();
+    assert!(matches!(e, ModelError::Shape { .. }), "{e}");
+    assert!(e.to_string().contains("amount, is_weekend"), "{e}");
+
+    let e = Model::load(&data("no_features.onnx"), 1).unwrap_err();
+    assert!(matches!(e, ModelError::NoFeatureList { .. }), "{e}");
+
+    let e = Model::load(&data("does_not_exist.onnx"), 1).unwrap_err();
+    assert!(matches!(e, ModelError::Load { .. }), "{e}");
+}
+
+#[test]
+fn replay_scores_every_good_line_and_dead_letters_every_bad_one() {
+    let model = Model::load(&data("tiny.onnx"), 1).unwrap();
+    let spec = model.spec().clone();
+    let mut scorer = Scorer::new(
+        model,
+        Thresholds {
+            review: 0.5,
+            decline: 0.9,
+        },
+    );
+    let mut engine = Engine::new(spec, &EngineConfig::default(), Arc::new(Store::default()));
+    let input = [
+        r#"{"transaction_id":"t1","customer_id":"c1","terminal_id":"k","amount":100,"timestamp":"2026-11-28T10:00:00Z"}"#,
+        r#"{"transaction_id":"t2","customer_id":"c1","amount":"250.5","timestamp":"2026-11-28T10:30:00.5Z"}"#,
+        r#"not json"#,
+        r#"{"transaction_id":"t3","customer_id":"c1","amount":50,"timestamp":"2026-11-28T10:20:00Z"}"#,
+        r#"{"transaction_id":"t4","customer_id":"c2","amount":-1,"timestamp":"2026-11-28T10:20:00Z"}"#,
+        r#"{"transaction_id":"t2","customer_id":"c1","amount":"250.5","timestamp":"2026-11-28T10:30:00.5Z"}"#,
+    ]
+    .join("\n");
+    let (mut out, mut dlq) = (Vec::new(), Vec::new());
+    let summary = fraudscore::replay::replay(
+        &mut engine,
+        Some(&mut scorer),
+        2,
+        input.as_bytes(),
+        &mut out,
+        &mut dlq,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            summary.lines,
+            summary.scored,
+            summary.rejected,
+            summary.duplicates
+        ),
+        (6, 4, 2, 1)
+    );
+
+    let out: Vec<Value> = out
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = out
+        .iter()
+        .map(|v| v["transaction_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["t1", "t2", "t3", "t2"]);
+    // t3 arrives late, between t1 and t2: its hour holds t1 and itself; t2's re-delivery then sees all three.
+    let counts: Vec<u64> = out
+        .iter()
+        .map(|v| v["features"]["customer_tx_count_1h"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 2, 2, 3]);
+    assert_eq!(out[3]["duplicate"], true);
+    assert!(out[0].get("duplicate").is_none());
+    assert_eq!(
+        out[3]["features"]["customer_avg_amount_7d"],
+        (100.0 + 250.5 + 50.0) / 3.0
+    );
+    assert_eq!(out[1]["timestamp"], "2026-11-28T10:30:00.500Z");
+    assert_eq!(out[0]["terminal_id"], "k");
+    for v in &out {
+        let f = &v["features"];
+        let x = [
+            f["amount"].as_f64().unwrap() as f32,
+            f["customer_tx_count_1h"].as_f64().unwrap() as f32,
+            f["is_weekend"].as_f64().unwrap() as f32,
+        ];
+        assert_eq!(x[2], 1.0, "2026-11-28 is a Saturday");
+        let score = v["score"].as_f64().unwrap() as f32;
+        assert!((score - tiny_score(x)).abs() < 1e-6);
+        let decision = if score >= 0.9 {
+            "decline"
+        } else if score >= 0.5 {
+            "review"
+        } else {
+            "approve"
+        };
+        assert_eq!(v["decision"], decision);
+        assert_eq!(v["model_version"], "tiny-logistic-1");
+        assert!(v["scored_at"].as_str().unwrap().ends_with('Z'));
+    }
+
+    let dlq: Vec<Value> = dlq
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(dlq.len(), 2);
+    assert_eq!(
+        (dlq[0]["line"].as_u64(), dlq[0]["reason"].as_str()),
+        (Some(3), Some("invalid_json"))
+    );
+    assert_eq!(dlq[0]["value"], "not json");
+    assert_eq!(
+        (dlq[1]["line"].as_u64(), dlq[1]["reason"].as_str()),
+        (Some(5), Some("invalid_field"))
+    );
+    assert!(dlq[1]["error"].as_str().unwrap().contains("amount"));
+}

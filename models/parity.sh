@@ -30,4 +30,5 @@ BIN=$(cargo metadata --format-version 1 --no-deps | "$PY" -c 'import json,sys; p
 "$PY" models/parity_windows.py add-edges --input "$DATA/simulated.jsonl" --output "$DATA/transactions.jsonl"
 "$BIN/fraudscore" replay --features "$FEATURES" \
     --input "$DATA/transactions.jsonl" --output "$DATA/features.jsonl" --dlq "$DATA/rejected.jsonl"
-"$PY" models/parity_windows.py check --transactions "$DATA/transactions.jsonl" --features "$DATA/features.jsonl"
+"$PY" models/parity_windows.py check --ties "${PARITY_TIES:-all}" \
+    --transactions "$DATA/transactions.jsonl" --features "$DATA/features.jsonl"

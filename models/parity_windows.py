@@ -64,12 +64,13 @@ def read_engine_output(path):
     return ids, pd.DataFrame(rows)
 
 
-def window_stats(tx, window):
+def window_stats(tx, window, ties="all"):
     """Per transaction: count and sum of its customer's amounts with timestamp in (t - window, t].
 
-    All transactions of a customer sharing a timestamp are in each other's window, so the
-    rolling runs over (customer, timestamp) groups, not rows (pandas would otherwise count
-    a tie only up to the current row).
+    ties="all": every transaction of the customer at the same instant is in the window (the
+    rolling runs over (customer, timestamp) groups, not rows: pandas would otherwise count a
+    tie only up to the current row). ties="arrived": only those earlier in the file, as a
+    streaming engine sees them.
     """
     per_instant = (
         tx.groupby(["customer_id", "ts"], sort=True)["amount"]
@@ -83,10 +84,16 @@ def window_stats(tx, window):
     )
     keys = pd.MultiIndex.from_frame(tx[["customer_id", "ts"]])
     aligned = rolled.reindex(keys)
-    return aligned["n"].to_numpy().astype(np.int64), aligned["s"].to_numpy()
+    count = aligned["n"].to_numpy().astype(np.int64)
+    total = aligned["s"].to_numpy()
+    if ties == "arrived":
+        same_instant = tx.groupby(["customer_id", "ts"], sort=False)["amount"]
+        count = count - same_instant.cumcount(ascending=False).to_numpy()
+        total = total - (same_instant.transform("sum") - same_instant.cumsum()).to_numpy()
+    return count, total
 
 
-def reference_features(tx, names):
+def reference_features(tx, names, ties="all"):
     """Recomputes the named features for every transaction of `tx`, as a DataFrame in tx order."""
     out = {}
     cache = {}
@@ -96,7 +103,7 @@ def reference_features(tx, names):
         if parsed is not None:
             kind, window = parsed
             if window not in cache:
-                cache[window] = window_stats(tx, window)
+                cache[window] = window_stats(tx, window, ties)
             count, total = cache[window]
             mean = total / count
             if kind == "customer_tx_count":
@@ -124,8 +131,8 @@ def is_exact(name):
     return name.startswith("customer_tx_count_") or name in ("hour_of_day", "is_weekend")
 
 
-def compare(name, expected, actual, ids):
-    """Returns (ok, detail) for one feature column."""
+def compare(name, expected, actual, ids, tied):
+    """Returns (ok, detail) for one feature column; `tied` marks rows in same-instant ties."""
     expected = np.asarray(expected, dtype=float)
     actual = np.asarray(actual, dtype=float)
     if np.isnan(actual).any():
@@ -138,8 +145,9 @@ def compare(name, expected, actual, ids):
         worst = np.max(np.abs(expected - actual) / np.maximum(np.abs(expected), 1e-300)) if len(expected) else 0.0
         return True, f"{len(expected)} rows, max relative difference {worst:.2e}"
     i = int(np.flatnonzero(bad)[0])
+    where = " (all in same-instant ties)" if tied[bad].all() else ""
     return False, (
-        f"{int(bad.sum())} of {len(expected)} rows differ; first {ids[i]}: "
+        f"{int(bad.sum())} of {len(expected)} rows differ{where}; first {ids[i]}: "
         f"expected {float(expected[i])!r}, engine {float(actual[i])!r}"
     )
 
@@ -152,21 +160,22 @@ def check_alignment(tx, ids):
     return False, f"{len(ids)} output rows for {len(expected)} inputs, or a different order"
 
 
-def check_reference():
+def check_reference(ties):
     """Checks the reference itself on a hand-made case: window bounds and same-instant ties."""
     t0 = pd.Timestamp("2018-04-07T12:00:00Z")
+    seconds = [0, 30, 30, 60, 60, 90]
     tx = pd.DataFrame(
         {
             "customer_id": ["a", "a", "b", "a", "a", "a"],
             "amount": [1.0, 2.0, 100.0, 4.0, 8.0, 0.0],
-            "ts": [t0, t0 + pd.Timedelta(seconds=30), t0 + pd.Timedelta(seconds=30), t0 + pd.Timedelta(seconds=60),
-                   t0 + pd.Timedelta(seconds=60), t0 + pd.Timedelta(seconds=90)],
+            "ts": [t0 + pd.Timedelta(seconds=x) for x in seconds],
         }
     )
     got = reference_features(tx, ["customer_tx_count_30s", "customer_sum_amount_30s", "customer_avg_amount_1m",
-                                  "amount_to_avg_30s", "hour_of_day", "is_weekend"])
-    # (t - 30s, t]: a transaction exactly 30 s earlier is out; the two at t0+60s see each other;
-    # the last one is alone in its 30 s window with amount 0, and x / 0 is defined as 1.
+                                  "amount_to_avg_30s", "hour_of_day", "is_weekend"], ties)
+    # (t - 30s, t]: a transaction exactly 30 s earlier is out; the two at t0+60s see each other
+    # (with ties="arrived", only the second sees the first); the last one is alone in its
+    # 30 s window with amount 0, and x / 0 is defined as 1.
     expected = {
         "customer_tx_count_30s": [1, 1, 1, 2, 2, 1],
         "customer_sum_amount_30s": [1.0, 2.0, 100.0, 12.0, 12.0, 0.0],
@@ -175,20 +184,26 @@ def check_reference():
         "hour_of_day": [12] * 6,
         "is_weekend": [1] * 6,
     }
+    if ties == "arrived":
+        expected["customer_tx_count_30s"][3] = 1
+        expected["customer_sum_amount_30s"][3] = 4.0
+        expected["customer_avg_amount_1m"][3] = 3.0
+        expected["amount_to_avg_30s"][3] = 1.0
     for name, values in expected.items():
         if not np.allclose(got[name].to_numpy(dtype=float), values, rtol=1e-15, atol=0):
             return False, f"{name}: got {got[name].tolist()}, expected {values}"
-    return True, "window bounds (t - w, t] and same-instant ties on a hand-made case"
+    return True, f"window bounds (t - w, t] and same-instant ties ({ties}) on a hand-made case"
 
 
-def run_checks(tx, ids, engine):
+def run_checks(tx, ids, engine, ties):
     """Runs all checks; returns a list of (name, ok, detail)."""
-    results = [("reference self-test", *check_reference()), ("row alignment", *check_alignment(tx, ids))]
+    results = [("reference self-test", *check_reference(ties)), ("row alignment", *check_alignment(tx, ids))]
     if not all(ok for _, ok, _ in results):
         return results
-    reference = reference_features(tx, list(engine.columns))
+    reference = reference_features(tx, list(engine.columns), ties)
+    tied = tx.duplicated(["customer_id", "ts"], keep=False).to_numpy()
     for name in engine.columns:
-        results.append((name, *compare(name, reference[name], engine[name], ids)))
+        results.append((name, *compare(name, reference[name], engine[name], ids, tied)))
     return results
 
 
@@ -233,11 +248,11 @@ def add_edges(input_path, output_path):
     print(f"wrote {output_path}: {len(lines)} simulated and {len(edges)} edge-case transactions")
 
 
-def check(transactions_path, features_path):
+def check(transactions_path, features_path, ties):
     """Runs the checks, prints them, and returns the number of failures."""
     tx = read_transactions(transactions_path)
     ids, engine = read_engine_output(features_path)
-    results = run_checks(tx, ids, engine)
+    results = run_checks(tx, ids, engine, ties)
     for name, ok, detail in results:
         print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}")
     failed = sum(not ok for _, ok, _ in results)
@@ -257,11 +272,14 @@ def main():
     checks = commands.add_parser("check", help="compare the engine's features with the reference")
     checks.add_argument("--transactions", required=True, help="the file the engine replayed")
     checks.add_argument("--features", required=True, help="engine replay output (JSON lines)")
+    checks.add_argument("--ties", choices=["all", "arrived"], default="all",
+                        help="same-customer transactions at the same instant: all in each other's windows "
+                             "(default), or only those earlier in the file")
     args = parser.parse_args()
     if args.command == "add-edges":
         add_edges(args.input, args.output)
     else:
-        sys.exit(1 if check(args.transactions, args.features) else 0)
+        sys.exit(1 if check(args.transactions, args.features, args.ties) else 0)
 
 
 if __name__ == "__main__":

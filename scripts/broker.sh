@@ -47,6 +47,7 @@ start() {
   data=$(mktemp -d)
   (cd "$data" && nohup "$BIN" broker --storage-engine memory://nisshi/ \
       --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" \
+      --group-initial-rebalance-delay "${BROKER_REBALANCE_DELAY:-1s}" \
       >"$RUN/nisshi.log" 2>&1 & echo $! >"$RUN/nisshi.pid")
   wait_port
   topics "${TOPICS[@]}"

@@ -63,6 +63,11 @@ impl Store {
         self.customers.len()
     }
 
+    /// Heap bytes of the event arrays, spare capacity included (memory accounting).
+    pub fn event_heap_bytes(&self) -> usize {
+        self.customers.iter().map(|c| c.windows.heap_bytes()).sum()
+    }
+
     /// Events held across all customers' windows.
     pub fn window_events(&self) -> i64 {
         self.events.load(Ordering::Relaxed)

@@ -476,7 +476,10 @@ mod tests {
         assert_eq!(m.key, b"c-9");
         let mut expected = Vec::new();
         write_timestamp(&mut expected, NOW - EIGHT_DAYS_MS);
-        assert_eq!(v["timestamp"].as_str().map(str::as_bytes), Some(&expected[..]));
+        assert_eq!(
+            v["timestamp"].as_str().map(str::as_bytes),
+            Some(&expected[..])
+        );
 
         let tx = tx();
         let first = build(

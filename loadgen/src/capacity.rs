@@ -212,7 +212,12 @@ pub fn execute(args: &CapacityArgs) -> Result<CapacityReport, CapacityError> {
              by itself (e.g. a pattern subscription), or the readiness probe will time out"
         );
     }
-    let mut search = Search::new(args.start_rate, args.min_rate, args.max_rate, args.resolution);
+    let mut search = Search::new(
+        args.start_rate,
+        args.min_rate,
+        args.max_rate,
+        args.resolution,
+    );
     let mut steps: Vec<Step> = Vec::new();
     while let Some(rate) = search.next() {
         if crate::STOP.load(std::sync::atomic::Ordering::Relaxed) {
@@ -301,9 +306,8 @@ fn step_of(report: &RunReport, rate: f64, criteria: &Criteria, dir: &str) -> Ste
 fn plot(report: &CapacityReport, path: &std::path::Path) -> Result<(), ReportError> {
     let mut steps: Vec<&Step> = report.steps.iter().collect();
     steps.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-    let column = |f: fn(&Step) -> f64| -> Vec<(f64, f64)> {
-        steps.iter().map(|s| (s.rate, f(s))).collect()
-    };
+    let column =
+        |f: fn(&Step) -> f64| -> Vec<(f64, f64)> { steps.iter().map(|s| (s.rate, f(s))).collect() };
     let slo = report.criteria.slo_p99_ms;
     // A collapsed step can have a p99 of seconds; clipping keeps the passing steps readable.
     let clip = 10.0 * slo;
@@ -390,9 +394,15 @@ mod tests {
     #[test]
     fn doubles_then_bisects_to_ten_percent() {
         let (tried, best) = search_with(23_000.0);
-        assert_eq!(&tried[..6], &[1000.0, 2000.0, 4000.0, 8000.0, 16_000.0, 32_000.0]);
+        assert_eq!(
+            &tried[..6],
+            &[1000.0, 2000.0, 4000.0, 8000.0, 16_000.0, 32_000.0]
+        );
         let best = best.expect("a rate passed");
-        assert!(best <= 23_000.0 && best >= 23_000.0 / 1.1, "{best} via {tried:?}");
+        assert!(
+            (23_000.0 / 1.1..=23_000.0).contains(&best),
+            "{best} via {tried:?}"
+        );
         // Bisecting 16k..32k to 10% takes a handful of steps, not dozens.
         assert!(tried.len() <= 10, "{tried:?}");
     }

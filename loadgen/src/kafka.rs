@@ -143,6 +143,23 @@ pub fn assign_at_end<C: ConsumerContext>(
     timeout: Duration,
 ) -> KafkaResult<()> {
     let deadline = Instant::now() + timeout;
+    loop {
+        match end_offsets(consumer, topics, deadline) {
+            Ok(assignment) => return consumer.assign(&assignment),
+            // A topic created a moment ago may have no leader yet.
+            Err(_) if Instant::now() + Duration::from_millis(200) < deadline => {
+                thread::sleep(Duration::from_millis(200));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+fn end_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topics: &[&str],
+    deadline: Instant,
+) -> KafkaResult<TopicPartitionList> {
     let mut assignment = TopicPartitionList::new();
     for topic in topics {
         for partition in partitions_of(consumer, topic, deadline)? {
@@ -150,7 +167,7 @@ pub fn assign_at_end<C: ConsumerContext>(
             assignment.add_partition_offset(topic, partition, Offset::Offset(high))?;
         }
     }
-    consumer.assign(&assignment)
+    Ok(assignment)
 }
 
 /// Partition ids of a topic, retrying while a just-created topic is not in the metadata yet.

@@ -78,7 +78,11 @@ fn main() -> anyhow::Result<()> {
             let report = run::execute(&args).context("loadgen run")?;
             run::print_summary(&report, &args.report);
             if report.summary.missing > 0 {
-                bail!("{} of {} messages missing", report.summary.missing, report.summary.sent);
+                bail!(
+                    "{} of {} messages missing",
+                    report.summary.missing,
+                    report.summary.sent
+                );
             }
             Ok(())
         }

@@ -323,7 +323,11 @@ mod tests {
     fn a_pass_through_copy_of_a_bad_message_counts_as_scored() {
         let mut expected = Expected::default();
         expected.add_bad(2, Reason::InvalidJson, b"\xff\xfelg-abc-2");
-        expected.add_bad(7, Reason::InvalidField, br#"{"transaction_id":"lg-abc-7","amount":-1}"#);
+        expected.add_bad(
+            7,
+            Reason::InvalidField,
+            br#"{"transaction_id":"lg-abc-7","amount":-1}"#,
+        );
         let mut matcher = Matcher::new(RUN, 10);
         assert_eq!(
             matcher.on_output(Topic::Scored, &scored(b"\xff\xfelg-abc-2"), &expected),

@@ -193,21 +193,30 @@ pub fn execute(args: &PassthroughArgs) -> Result<PassthroughStats, PassthroughEr
         if STOP.load(Ordering::Relaxed) || args.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        if let Some(polled) = consumer.poll(Duration::from_millis(20)) {
-            let message = polled?;
+        // Consumer errors are mostly transient; librdkafka reconnects by itself.
+        let polled = match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(message)) => Some(message),
+            Some(Err(error)) => {
+                eprintln!("passthrough: consumer: {error}");
+                None
+            }
+            None => None,
+        };
+        if let Some(message) = polled {
             let source = Source {
                 partition: message.partition(),
                 offset: message.offset(),
             };
             let headers = message.headers().map(|headers| {
-                headers
-                    .iter()
-                    .fold(OwnedHeaders::new_with_capacity(headers.count()), |h, header| {
+                headers.iter().fold(
+                    OwnedHeaders::new_with_capacity(headers.count()),
+                    |h, header| {
                         h.insert(Header {
                             key: header.key,
                             value: header.value,
                         })
-                    })
+                    },
+                )
             });
             let mut record: BaseRecord<'_, [u8], [u8], Box<Source>> =
                 BaseRecord::with_opaque_to(&args.output_topic, Box::new(source));
@@ -246,7 +255,12 @@ pub fn execute(args: &PassthroughArgs) -> Result<PassthroughStats, PassthroughEr
             break;
         }
         if last_commit.elapsed() >= args.commit_interval {
-            commit(&consumer, &args.input_topic, &mut progress, CommitMode::Async);
+            commit(
+                &consumer,
+                &args.input_topic,
+                &mut progress,
+                CommitMode::Async,
+            );
             last_commit = Instant::now();
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
@@ -266,7 +280,12 @@ pub fn execute(args: &PassthroughArgs) -> Result<PassthroughStats, PassthroughEr
     }
     stats.acknowledged += drain_acks(&producer, &mut progress);
     if failure.is_none() {
-        commit(&consumer, &args.input_topic, &mut progress, CommitMode::Sync);
+        commit(
+            &consumer,
+            &args.input_topic,
+            &mut progress,
+            CommitMode::Sync,
+        );
     }
     eprintln!(
         "passthrough: stopped after copying {} messages ({} acknowledged)",

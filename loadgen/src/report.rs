@@ -135,8 +135,15 @@ pub fn write_hgrm<W: Write>(out: &mut W, histogram: &Histogram<u64>) -> io::Resu
         out,
         "#[Buckets = {:12}, SubBuckets     = {:12}]",
         histogram.buckets(),
-        histogram.distinct_values()
+        sub_bucket_count(histogram.sigfig())
     )
+}
+
+/// HdrHistogram's sub-bucket count for `sigfig` digits (not exposed by the crate): the
+/// power of two that resolves one part in 2 * 10^sigfig.
+fn sub_bucket_count(sigfig: u8) -> u64 {
+    let largest = 2.0 * 10f64.powi(i32::from(sigfig));
+    1u64 << (largest.log2().ceil() as u32)
 }
 
 pub fn write_hgrm_file(path: &Path, histogram: &Histogram<u64>) -> Result<(), ReportError> {
@@ -386,8 +393,16 @@ mod tests {
         let text = String::from_utf8(text).expect("utf-8");
         let mut lines = text.lines();
         assert_eq!(
-            lines.next().map(str::split_whitespace).map(Iterator::collect::<Vec<_>>),
-            Some(vec!["Value", "Percentile", "TotalCount", "1/(1-Percentile)"])
+            lines
+                .next()
+                .map(str::split_whitespace)
+                .map(Iterator::collect::<Vec<_>>),
+            Some(vec![
+                "Value",
+                "Percentile",
+                "TotalCount",
+                "1/(1-Percentile)"
+            ])
         );
         assert_eq!(lines.next(), Some(""));
         let rows: Vec<Vec<f64>> = text
@@ -413,8 +428,13 @@ mod tests {
         let median = rows.iter().find(|r| r[1] >= 0.5).expect("median row");
         assert!((median[0] - 5.0).abs() < 0.01);
         assert!((median[3] - 2.0).abs() < 1e-9);
-        assert!(text.contains("#[Max     =       10.000, Total count    =        10000]"));
-        assert!(text.lines().last().is_some_and(|l| l.starts_with("#[Buckets")));
+        // Max is the highest value equivalent to 10 000 µs at 3 digits, as in Java.
+        assert!(text.contains("#[Max     =       10.007, Total count    =        10000]"));
+        assert!(text.contains("SubBuckets     =         2048]"));
+        assert!(text
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("#[Buckets")));
     }
 
     #[test]
@@ -447,7 +467,10 @@ mod tests {
         ] {
             let svg = std::fs::read_to_string(dir.path().join(name)).expect("svg written");
             assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{name}");
-            assert!(svg.contains("latency") || svg.contains("messages"), "{name}");
+            assert!(
+                svg.contains("latency") || svg.contains("messages"),
+                "{name}"
+            );
         }
         // An empty run still draws (empty) charts rather than failing.
         plot_run(dir.path(), "empty", &latency_histogram(), &[]).expect("plots");

@@ -47,7 +47,7 @@ pub struct LoadArgs {
     #[arg(long, default_value = "transactions-dlq")]
     pub dlq_topic: String,
     /// Appended to the three topic names, e.g. `-r1` for fresh topics `transactions-r1`, ...
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub topic_suffix: String,
     /// Create the three topics first (with the Kafka admin API) if they do not exist.
     #[arg(long)]
@@ -184,7 +184,11 @@ fn masked(properties: &[(String, String)]) -> BTreeMap<String, String> {
             let secret = ["password", "secret", "key", "token"]
                 .iter()
                 .any(|word| key.contains(word));
-            let shown = if secret { "***".to_owned() } else { value.clone() };
+            let shown = if secret {
+                "***".to_owned()
+            } else {
+                value.clone()
+            };
             (key.clone(), shown)
         })
         .collect()
@@ -372,7 +376,11 @@ pub fn execute(args: &RunArgs) -> Result<RunReport, RunError> {
     report::write_hgrm_file(&args.report.join("latency.hgrm"), &histogram)?;
     report::plot_run(
         &args.report,
-        &format!("{}/s for {}", args.rate, humantime::format_duration(args.duration)),
+        &format!(
+            "{}/s for {}",
+            args.rate,
+            humantime::format_duration(args.duration)
+        ),
         &histogram,
         &report.series,
     )?;
@@ -390,7 +398,7 @@ fn measure(
     settings: &ClientSettings,
     group: &str,
     population: sim::PopulationParams,
-    mut sut: Option<&mut Sut>,
+    sut: Option<&mut Sut>,
 ) -> Result<Measured, RunError> {
     let load = &args.load;
     let producer: BaseProducer<DeliveryCounter> = settings
@@ -412,7 +420,7 @@ fn measure(
             &topics.input,
             run_id,
             load.ready_timeout,
-            sut.as_deref_mut(),
+            sut,
         )?;
         eprintln!(
             "loadgen: the system under test answered after {:.1}s",
@@ -437,10 +445,11 @@ fn measure(
     // A short lead so the receiver is polling before the first message is due.
     let start = Instant::now() + Duration::from_millis(50);
     let wall_start_ms = traffic::now_millis() + 50;
-    let started_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(wall_start_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default();
+    let started_at =
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(wall_start_ms) * 1_000_000)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_default();
 
     let receiver = {
         let shared = shared.clone();
@@ -652,6 +661,10 @@ fn send_retrying<C: ProducerContext<DeliveryOpaque = ()>>(
     }
 }
 
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 fn header<'a>(message: &'a BorrowedMessage<'a>, name: &str) -> Option<&'a [u8]> {
     message
         .headers()?
@@ -661,7 +674,10 @@ fn header<'a>(message: &'a BorrowedMessage<'a>, name: &str) -> Option<&'a [u8]> 
 }
 
 fn header_number<T: std::str::FromStr>(message: &BorrowedMessage<'_>, name: &str) -> Option<T> {
-    std::str::from_utf8(header(message, name)?).ok()?.parse().ok()
+    std::str::from_utf8(header(message, name)?)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The receiver thread: matches outputs, records latency, prints progress each second and
@@ -676,6 +692,7 @@ fn receive(
     warmup: Duration,
 ) -> Result<Received, RunError> {
     let mut matcher = Matcher::new(run_id, schedule.count());
+    let probe_prefix = format!("lg-{run_id}-probe-");
     let mut histogram = report::latency_histogram();
     let mut second = report::latency_histogram();
     let mut series = Vec::new();
@@ -684,10 +701,23 @@ fn receive(
     let mut next_tick = start + Duration::from_secs(1);
     let mut last_first_output = None;
     let all_arrived = loop {
-        if let Some(polled) = consumer.poll(Duration::from_millis(20)) {
-            let message = polled?;
+        // Consumer errors are mostly transient (a broker connection dropping); librdkafka
+        // retries by itself, and what never arrives is reported as missing.
+        let polled = match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(message)) => Some(message),
+            Some(Err(error)) => {
+                eprintln!("loadgen: consumer: {error}");
+                None
+            }
+            None => None,
+        };
+        if let Some(message) = polled {
             let now = Instant::now();
-            let is_probe = header(&message, PROBE_HEADER).is_some();
+            let is_probe = header(&message, PROBE_HEADER).is_some()
+                || (header(&message, RUN_HEADER).is_none()
+                    && message
+                        .payload()
+                        .is_some_and(|value| contains(value, probe_prefix.as_bytes())));
             if !is_probe {
                 let topic = if message.topic() == scored_topic {
                     Topic::Scored
@@ -797,6 +827,7 @@ fn wait_ready<C: ProducerContext<DeliveryOpaque = ()>>(
 ) -> Result<Duration, RunError> {
     let started = Instant::now();
     let customer = format!("lg-probe-{run_id}");
+    let probe_prefix = format!("lg-{run_id}-probe-");
     for attempt in 0u64.. {
         if started.elapsed() > timeout {
             return Err(RunError::NotReady(format!(
@@ -836,9 +867,13 @@ fn wait_ready<C: ProducerContext<DeliveryOpaque = ()>>(
         let wait_until = Instant::now() + Duration::from_millis(500);
         while Instant::now() < wait_until {
             producer.poll(Duration::ZERO);
-            if let Some(polled) = consumer.poll(Duration::from_millis(20)) {
-                let message = polled?;
-                if header(&message, PROBE_HEADER) == Some(run_id.as_bytes()) {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(20)) {
+                // The header is the contract; the id in the value covers a service that
+                // drops headers.
+                let in_value = message
+                    .payload()
+                    .is_some_and(|value| contains(value, probe_prefix.as_bytes()));
+                if header(&message, PROBE_HEADER) == Some(run_id.as_bytes()) || in_value {
                     return Ok(started.elapsed());
                 }
             }
@@ -937,8 +972,16 @@ mod tests {
         ]);
         let topics = cli.run.load.topics();
         assert_eq!(
-            (topics.input.as_str(), topics.scored.as_str(), topics.dlq.as_str()),
-            ("transactions-r1", "transactions-scored-r1", "transactions-dlq-r1")
+            (
+                topics.input.as_str(),
+                topics.scored.as_str(),
+                topics.dlq.as_str()
+            ),
+            (
+                "transactions-r1",
+                "transactions-scored-r1",
+                "transactions-dlq-r1"
+            )
         );
         assert_eq!(cli.run.duration, Duration::from_secs(3));
         assert_eq!(cli.run.load.property, [("linger.ms".into(), "1".into())]);

@@ -34,7 +34,10 @@ pub fn transaction_id(run_id: &str, seq: u64) -> String {
 
 /// The sequence number in a transaction id of this run, if it is one.
 pub fn parse_transaction_id(run_id: &str, id: &str) -> Option<u64> {
-    let rest = id.strip_prefix("lg-")?.strip_prefix(run_id)?.strip_prefix('-')?;
+    let rest = id
+        .strip_prefix("lg-")?
+        .strip_prefix(run_id)?
+        .strip_prefix('-')?;
     if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

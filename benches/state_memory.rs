@@ -1,0 +1,73 @@
+//! Memory of the window state on the 1,000,000-customer population, measured with a counting allocator.
+//!
+//! `cargo bench --bench state_memory` (BENCH_WARM_DAYS, default 7). Prints bytes per customer and
+//! per held event; the targets are <= 96 and <= 16.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use fraudscore::engine::{Engine, EngineConfig};
+use fraudscore::features::FeatureSpec;
+use fraudscore::store::Store;
+
+#[path = "population.rs"]
+mod population;
+use population::{Stream, CUSTOMERS, PER_CUSTOMER_PER_WEEK};
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn main() {
+    let days: u64 = std::env::var("BENCH_WARM_DAYS")
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(7);
+    // The default windows (10 minutes, 7 days): what every output carries.
+    let spec = FeatureSpec::for_model::<&str>(&[]).expect("spec");
+    let events = days * CUSTOMERS * PER_CUSTOMER_PER_WEEK / 7;
+    let mut stream = Stream::new(7, 1 << 24);
+    let store = Arc::new(Store::default());
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut engine = Engine::new(spec, &EngineConfig::default(), store.clone());
+    for _ in 0..events {
+        let (key, value) = stream.next();
+        let _ = engine.prepare(0, Some(key), value);
+    }
+    let total = LIVE.load(Ordering::Relaxed) - before;
+    let customers = store.customers();
+    let held = store.window_events() as usize;
+    let event_bytes = store.event_heap_bytes();
+    println!("population: {CUSTOMERS} customers, {PER_CUSTOMER_PER_WEEK}/customer/week, {days} days = {events} events");
+    println!("customers with state: {customers}, events held: {held}");
+    println!("heap total: {:.1} MiB", total as f64 / (1 << 20) as f64);
+    println!(
+        "per held event: {:.1} bytes (event arrays incl. spare capacity: {:.1} MiB)",
+        event_bytes as f64 / held as f64,
+        event_bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "per customer (map slot, id, array header): {:.1} bytes",
+        (total - event_bytes) as f64 / customers as f64
+    );
+}

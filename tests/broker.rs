@@ -1,0 +1,595 @@
+//! The service as users run it: the real binary, the real model, a real Kafka broker (nisshi, started by scripts/broker.sh).
+//!
+//! Each test makes its own topics and consumer group. Without a broker on 127.0.0.1:9092 (or
+//! `FRAUDSCORE_BROKER`) the tests are skipped, unless `FRAUDSCORE_REQUIRE_BROKER` is set, as in CI.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fraudscore::engine::{Engine, EngineConfig};
+use fraudscore::model::Model;
+use fraudscore::store::Store;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+const PARTITIONS: i32 = 4;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn model_path() -> PathBuf {
+    std::env::var_os("TMP_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models/fraud.onnx"))
+}
+
+/// The broker's address, or None (skip) when none answers and none is required.
+fn broker() -> Option<String> {
+    let addr = std::env::var("FRAUDSCORE_BROKER").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let reachable = addr
+        .parse::<SocketAddr>()
+        .ok()
+        .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).ok())
+        .is_some();
+    if reachable {
+        return Some(addr);
+    }
+    if std::env::var_os("FRAUDSCORE_REQUIRE_BROKER").is_some() {
+        panic!("no Kafka broker at {addr}: start one with `bash scripts/broker.sh start`");
+    }
+    eprintln!("skipped: no Kafka broker at {addr} (bash scripts/broker.sh start)");
+    None
+}
+
+/// Fresh topic names and group for one test.
+struct Names {
+    input: String,
+    scored: String,
+    dlq: String,
+    group: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn fresh(brokers: &str, test: &str) -> Names {
+    let tag = format!(
+        "{test}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let names = Names {
+        input: format!("tx-{tag}"),
+        scored: format!("scored-{tag}"),
+        dlq: format!("dlq-{tag}"),
+        group: format!("fraudscore-{tag}"),
+    };
+    create_topics(brokers, &[&names.input, &names.scored, &names.dlq]);
+    names
+}
+
+fn create_topics(brokers: &str, topics: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .expect("CreateTopics");
+    for r in results {
+        if let Err((topic, e)) = r {
+            panic!("creating topic {topic}: {e}");
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `fraudscore run` child process.
+struct Instance {
+    child: Child,
+    http: SocketAddr,
+}
+
+impl Instance {
+    fn start(brokers: &str, names: &Names, extra: &[(&str, &str)]) -> Instance {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fraudscore"));
+        cmd.args(["run", "--config"])
+            .arg(root().join("config/fraudscore.toml"))
+            .env("FRAUDSCORE__KAFKA__BROKERS", brokers)
+            .env("FRAUDSCORE__KAFKA__GROUP_ID", &names.group)
+            .env("FRAUDSCORE__KAFKA__INPUT_TOPIC", &names.input)
+            .env("FRAUDSCORE__KAFKA__OUTPUT_TOPIC", &names.scored)
+            .env("FRAUDSCORE__KAFKA__DLQ_TOPIC", &names.dlq)
+            .env("FRAUDSCORE__MODEL__PATH", model_path())
+            .env("FRAUDSCORE__HTTP__LISTEN", http.to_string())
+            .env("RUST_LOG", "warn,fraudscore=info")
+            .stdin(Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawning fraudscore");
+        let instance = Instance { child, http };
+        instance.wait_ready(Duration::from_secs(60));
+        instance
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        match ureq::get(&format!("http://{}{path}", self.http))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+        {
+            Ok(mut r) => (
+                r.status().as_u16(),
+                r.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    fn wait_ready(&self, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.get("/readyz").0 == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("instance on {} not ready within {limit:?}", self.http);
+    }
+
+    /// Sends a signal and returns how the process ended and how long it took.
+    fn signal(mut self, sig: &str) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        (status, started.elapsed())
+    }
+
+    fn metric(&self, name_and_labels: &str) -> f64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap()
+}
+
+fn send(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: Option<&str>,
+    value: &[u8],
+) {
+    let mut record = BaseRecord::<str, [u8]>::to(topic).payload(value);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    loop {
+        match p.send(record) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// One output message as read back.
+#[derive(Debug, Clone)]
+struct Output {
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    headers: BTreeMap<String, String>,
+}
+
+/// Reads both output topics from the start until `done` says enough or `limit` passes.
+fn read_outputs(
+    brokers: &str,
+    names: &Names,
+    limit: Duration,
+    mut done: impl FnMut(&[Output], &[Output]) -> bool,
+) -> (Vec<Output>, Vec<Output>) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{}-reader", names.group))
+        .set("fetch.wait.max.ms", "5")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in [&names.scored, &names.dlq] {
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(t, p, Offset::Beginning).unwrap();
+        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let (mut scored, mut dlq) = (Vec::new(), Vec::new());
+    let start = Instant::now();
+    while start.elapsed() < limit && !done(&scored, &dlq) {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| {
+                        (
+                            x.key.to_string(),
+                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let out = Output {
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().unwrap_or_default().to_vec(),
+            headers,
+        };
+        if m.topic() == names.dlq {
+            dlq.push(out);
+        } else {
+            scored.push(out);
+        }
+    }
+    (scored, dlq)
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.value).expect("scored output is JSON")
+}
+
+/// A valid transaction value at `ts` milliseconds.
+fn tx(id: &str, customer: &str, amount: f64, ts: i64) -> Vec<u8> {
+    json!({"transaction_id": id, "customer_id": customer, "terminal_id": "t-1", "amount": amount, "timestamp": ts})
+        .to_string()
+        .into_bytes()
+}
+
+/// `n` transactions over `customers` customers, minutes apart per customer, some out of order.
+fn workload(prefix: &str, n: usize, customers: usize) -> Vec<(String, Vec<u8>)> {
+    let t0 = 1_795_000_000_000i64;
+    (0..n)
+        .map(|i| {
+            let customer = format!("c-{}", i % customers);
+            // Every 7th event is 3 minutes late, so the windows' out-of-order path runs too.
+            let minutes = (i / customers) as i64 * 2 - if i % 7 == 3 { 3 } else { 0 };
+            let amount = ((i * 37) % 500) as f64 + 0.25;
+            (
+                customer.clone(),
+                tx(
+                    &format!("{prefix}-{i}"),
+                    &customer,
+                    amount,
+                    t0 + minutes * 60_000,
+                ),
+            )
+        })
+        .collect()
+}
+
+fn ids_of(scored: &[Output]) -> Vec<String> {
+    scored
+        .iter()
+        .map(|o| json(o)["transaction_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_transaction_is_scored_with_the_engines_features_and_metrics_and_lookups_answer() {
+    let Some(brokers) = broker() else { return };
+    let names = fresh(&brokers, "all");
+    let service = Instance::start(&brokers, &names, &[]);
+    let input = workload("all", 600, 40);
+    let p = producer(&brokers);
+    for (key, value) in &input {
+        send(&p, &names.input, Some(key), value);
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+
+    let (scored, dlq) = read_outputs(&brokers, &names, Duration::from_secs(60), |s, d| {
+        s.len() + d.len() >= input.len()
+    });
+    assert!(dlq.is_empty(), "{} unexpected dead letters", dlq.len());
+    let ids = ids_of(&scored);
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(
+        (ids.len(), unique.len()),
+        (input.len(), input.len()),
+        "exactly one output per input"
+    );
+
+    // The engine, run offline on the same inputs in the same per-customer order, agrees exactly.
+    let model = Model::load(&model_path(), 1).unwrap();
+    let mut engine = Engine::new(
+        model.spec().clone(),
+        &EngineConfig::default(),
+        Arc::new(Store::default()),
+    );
+    let expected: HashMap<String, Value> = input
+        .iter()
+        .map(|(key, value)| {
+            let p = engine.prepare(0, Some(key.as_bytes()), value).unwrap();
+            let features = serde_json::to_value(engine.spec().named(&p.features)).unwrap();
+            (p.transaction.transaction_id, features)
+        })
+        .collect();
+    for o in &scored {
+        let v = json(o);
+        let id = v["transaction_id"].as_str().unwrap();
+        assert_eq!(v["features"], expected[id], "features of {id}");
+        assert_eq!(
+            o.key.as_deref(),
+            v["customer_id"].as_str().map(str::as_bytes),
+            "keyed by customer"
+        );
+        let score = v["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score));
+        assert!(["approve", "review", "decline"].contains(&v["decision"].as_str().unwrap()));
+        assert_eq!(v["model_version"], model.version());
+    }
+
+    // /metrics counts what was acknowledged; /customers answers point lookups.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service.metric("fraudscore_transactions_total{outcome=\"scored\"}") < input.len() as f64
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        service.metric("fraudscore_transactions_total{outcome=\"scored\"}"),
+        input.len() as f64
+    );
+    assert_eq!(
+        service.metric("fraudscore_transactions_total{outcome=\"dlq\"}"),
+        0.0
+    );
+    assert_eq!(service.metric("fraudscore_customers"), 40.0);
+    assert_eq!(
+        service.metric("fraudscore_processing_seconds_count"),
+        input.len() as f64
+    );
+    assert!(service.metric("fraudscore_inference_seconds_count") >= 1.0);
+    let (_, body) = service.get("/metrics");
+    for name in [
+        "fraudscore_event_lag_seconds_bucket",
+        "fraudscore_batch_size_bucket",
+        "fraudscore_window_events",
+        "fraudscore_rebalances_total",
+        "fraudscore_model_info{version=",
+        "fraudscore_dlq_total{reason=\"too_late\"} 0",
+    ] {
+        assert!(body.contains(name), "/metrics lacks {name}");
+    }
+    let (status, body) = service.get("/customers/c-7");
+    assert_eq!(status, 200, "{body}");
+    let c: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(c["customer_id"], "c-7");
+    // c-7's 15 events are 2 minutes apart: its newest 10-minute window holds 5.
+    assert_eq!(c["features"]["customer_tx_count_10m"], 5);
+    assert_eq!(c["features"]["customer_tx_count_7d"], 15);
+    assert_eq!(service.get("/customers/nobody").0, 404);
+    assert_eq!(service.get("/healthz").0, 200);
+
+    let (status, took) = service.signal("-TERM");
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    assert!(took < Duration::from_secs(10), "stopped in {took:?}");
+}
+
+#[test]
+fn each_kind_of_bad_message_is_dead_lettered_with_its_reason_and_the_service_keeps_going() {
+    let Some(brokers) = broker() else { return };
+    let names = fresh(&brokers, "dlq");
+    let _service = Instance::start(&brokers, &names, &[]);
+    let t = 1_795_000_000_000i64;
+    let oversized = format!(
+        r#"{{"transaction_id":"big","customer_id":"c-1","amount":1,"timestamp":{t},"pad":"{}"}}"#,
+        "x".repeat(70_000)
+    );
+    let bad: Vec<(&str, Option<&str>, Vec<u8>)> = vec![
+        ("invalid_json", Some("c-1"), b"{not json".to_vec()),
+        ("invalid_json", None, b"\xff\xfe".to_vec()),
+        ("missing_field", Some("c-1"), br#"{"transaction_id":"m","customer_id":"c-1","timestamp":1795000000000}"#.to_vec()),
+        ("invalid_field", Some("c-1"), br#"{"transaction_id":"n","customer_id":"c-1","amount":-3,"timestamp":1795000000000}"#.to_vec()),
+        ("invalid_field", Some("c-2"), br#"{"transaction_id":"k","customer_id":"c-1","amount":3,"timestamp":1795000000000}"#.to_vec()),
+        ("timestamp_out_of_range", Some("c-1"), br#"{"transaction_id":"o","customer_id":"c-1","amount":3,"timestamp":"1999-12-31T23:59:59Z"}"#.to_vec()),
+        ("oversized", Some("c-1"), oversized.into_bytes()),
+    ];
+    let p = producer(&brokers);
+    // A first good one, so that the too-late message has a newest event to be late against.
+    send(
+        &p,
+        &names.input,
+        Some("c-1"),
+        &tx("good-0", "c-1", 10.0, t + 8 * 86_400_000),
+    );
+    p.flush(Duration::from_secs(5)).unwrap();
+    for (_, key, value) in &bad {
+        send(&p, &names.input, *key, value);
+    }
+    send(&p, &names.input, Some("c-1"), &tx("late", "c-1", 10.0, t));
+    send(
+        &p,
+        &names.input,
+        Some("c-1"),
+        &tx("good-1", "c-1", 10.0, t + 8 * 86_400_000 + 1),
+    );
+    p.flush(Duration::from_secs(5)).unwrap();
+
+    let expected_dlq = bad.len() + 1;
+    let (scored, dlq) = read_outputs(&brokers, &names, Duration::from_secs(60), |s, d| {
+        s.len() >= 2 && d.len() >= expected_dlq
+    });
+    assert_eq!(
+        ids_of(&scored).into_iter().collect::<HashSet<_>>(),
+        HashSet::from(["good-0".to_string(), "good-1".to_string()])
+    );
+    assert_eq!(dlq.len(), expected_dlq);
+    let mut wanted: Vec<(&str, Option<Vec<u8>>, Vec<u8>)> = bad
+        .iter()
+        .map(|(r, k, v)| (*r, k.map(|k| k.as_bytes().to_vec()), v.clone()))
+        .collect();
+    wanted.push((
+        "too_late",
+        Some(b"c-1".to_vec()),
+        tx("late", "c-1", 10.0, t),
+    ));
+    for (reason, key, value) in wanted {
+        let d = dlq
+            .iter()
+            .find(|d| d.value == value)
+            .unwrap_or_else(|| panic!("no dead letter for the {reason} message"));
+        assert_eq!(d.headers["fraudscore.dlq.reason"], reason);
+        assert!(!d.headers["fraudscore.dlq.error"].is_empty());
+        assert_eq!(d.headers["fraudscore.source.topic"], names.input);
+        assert!(d.headers["fraudscore.source.partition"]
+            .parse::<i32>()
+            .is_ok());
+        assert!(d.headers["fraudscore.source.offset"].parse::<i64>().is_ok());
+        assert_eq!(d.key, key, "original key kept");
+    }
+}
+
+/// Produces `input` at about `rate` per second on a thread.
+fn produce_in_background(
+    brokers: &str,
+    topic: &str,
+    input: Vec<(String, Vec<u8>)>,
+    rate: u64,
+) -> std::thread::JoinHandle<()> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    std::thread::spawn(move || {
+        let p = producer(&brokers);
+        let start = Instant::now();
+        for (i, (key, value)) in input.iter().enumerate() {
+            let due = Duration::from_millis(i as u64 * 1000 / rate);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            send(&p, &topic, Some(key), value);
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+    })
+}
+
+fn stop_mid_stream_and_restart(sig: &str) {
+    let Some(brokers) = broker() else { return };
+    let names = fresh(
+        &brokers,
+        &format!("stop{}", sig.trim_start_matches('-').to_lowercase()),
+    );
+    let input = workload("s", 2000, 50);
+    let service = Instance::start(&brokers, &names, &[]);
+    let load = produce_in_background(&brokers, &names.input, input.clone(), 500);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, took) = service.signal(sig);
+    if sig == "-TERM" {
+        assert!(status.success(), "SIGTERM exit: {status:?}");
+        assert!(took < Duration::from_secs(10), "stopped in {took:?}");
+    }
+    let _service = Instance::start(&brokers, &names, &[]);
+    load.join().unwrap();
+    let wanted: HashSet<String> = (0..input.len()).map(|i| format!("s-{i}")).collect();
+    let (scored, dlq) = read_outputs(&brokers, &names, Duration::from_secs(90), |s, _| {
+        s.len() >= wanted.len()
+            && ids_of(s)
+                .into_iter()
+                .collect::<HashSet<_>>()
+                .is_superset(&wanted)
+    });
+    assert!(dlq.is_empty());
+    let got: HashSet<String> = ids_of(&scored).into_iter().collect();
+    let missing: Vec<&String> = wanted.difference(&got).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} ids never reached an output after {sig}, e.g. {missing:?}",
+        wanted.len() - got.len().min(wanted.len())
+    );
+}
+
+#[test]
+fn sigterm_mid_stream_then_restart_loses_nothing() {
+    stop_mid_stream_and_restart("-TERM");
+}
+
+#[test]
+fn sigkill_mid_stream_then_restart_loses_nothing() {
+    stop_mid_stream_and_restart("-KILL");
+}
+
+#[test]
+fn two_instances_split_the_partitions_and_output_every_id() {
+    let Some(brokers) = broker() else { return };
+    let names = fresh(&brokers, "pair");
+    let a = Instance::start(&brokers, &names, &[]);
+    let b = Instance::start(&brokers, &names, &[]);
+    // Both must hold partitions once the group settles after the second join.
+    a.wait_ready(Duration::from_secs(60));
+    b.wait_ready(Duration::from_secs(60));
+    let input = workload("p", 1000, 64);
+    let load = produce_in_background(&brokers, &names.input, input.clone(), 1000);
+    load.join().unwrap();
+    let (scored, _) = read_outputs(&brokers, &names, Duration::from_secs(60), |s, _| {
+        s.len() >= input.len()
+    });
+    let got: HashSet<String> = ids_of(&scored).into_iter().collect();
+    assert_eq!(got.len(), input.len(), "every id output");
+    let (na, nb) = (
+        a.metric("fraudscore_transactions_total{outcome=\"scored\"}"),
+        b.metric("fraudscore_transactions_total{outcome=\"scored\"}"),
+    );
+    assert!(na > 0.0 && nb > 0.0, "both instances scored: {na} and {nb}");
+    assert!(na + nb >= input.len() as f64);
+}

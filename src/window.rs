@@ -1,5 +1,7 @@
 //! One customer's recent transactions, kept sorted in event time, answering exact sliding-window counts and sums.
 
+use thin_vec::ThinVec;
+
 use crate::features::WindowLen;
 use crate::time::EventTime;
 
@@ -93,9 +95,10 @@ fn millis_of(key: u64) -> i64 {
 }
 
 /// A customer's events within reach of any future window, sorted by (timestamp, id hash).
+/// A thin vector (one pointer; length and capacity live with the events) keeps a million customers small.
 #[derive(Debug, Clone, Default)]
 pub struct CustomerWindows {
-    events: Vec<Event>,
+    events: ThinVec<Event>,
 }
 
 impl CustomerWindows {
@@ -117,6 +120,11 @@ impl CustomerWindows {
         if self.events.get(pos).is_some_and(|e| e.key == k) {
             return Ok(Admission::Duplicate);
         }
+        let len = self.events.len();
+        if len == self.events.capacity() {
+            // Grow by an eighth, not double: spare capacity is most of the memory of a busy state.
+            self.events.reserve_exact((len / 8).max(2));
+        }
         self.events.insert(pos, Event { key: k, amount });
         self.evict(retention);
         Ok(Admission::Added)
@@ -129,9 +137,8 @@ impl CustomerWindows {
         if expired > 0 {
             self.events.drain(..expired);
             // Give memory back from a customer whose activity dropped, without reallocating often.
-            if self.events.capacity() > 2 * self.events.len() + 8 {
-                self.events
-                    .shrink_to(self.events.len() + self.events.len() / 4 + 1);
+            if self.events.capacity() > self.events.len() + self.events.len() / 4 + 4 {
+                self.events.shrink_to_fit();
             }
         }
     }
@@ -168,7 +175,7 @@ impl CustomerWindows {
         self.events.is_empty()
     }
 
-    /// Heap bytes held for events, for the memory accounting.
+    /// Heap bytes held for the events themselves (not the array's header), for the memory accounting.
     pub fn heap_bytes(&self) -> usize {
         self.events.capacity() * std::mem::size_of::<Event>()
     }

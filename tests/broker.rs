@@ -30,9 +30,7 @@ fn root() -> &'static Path {
 }
 
 fn model_path() -> PathBuf {
-    std::env::var_os("TMP_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models/fraud.onnx"))
+    root().join("models/fraud.onnx")
 }
 
 /// The broker's address, or None (skip) when none answers and none is required.

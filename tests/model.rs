@@ -175,3 +175,49 @@ fn replay_scores_every_good_line_and_dead_letters_every_bad_one() {
     );
     assert!(dlq[1]["error"].as_str().unwrap().contains("amount"));
 }
+
+/// The shipped model scores like Python's onnxruntime on the fixture rows (models/make_fixture.py).
+#[test]
+fn shipped_model_matches_python_onnxruntime() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixture: Value = serde_json::from_slice(
+        &std::fs::read(root.join("models/fixtures/model_expected.json")).unwrap(),
+    )
+    .unwrap();
+    let mut model = Model::load(&root.join("models/fraud.onnx"), 1).unwrap();
+    let names: Vec<&str> = fixture["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let width = names.len();
+    assert_eq!(model.spec().model_width(), width);
+    let rows: Vec<f32> = fixture["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+        })
+        .collect();
+    let expected: Vec<f64> = fixture["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    assert!(expected.len() >= 100);
+    let mut scores = Vec::new();
+    for batch in [1, 64, expected.len()] {
+        for (chunk, want) in rows.chunks(batch * width).zip(expected.chunks(batch)) {
+            model.score(chunk, &mut scores).unwrap();
+            for (got, want) in scores.iter().zip(want) {
+                assert!((*got as f64 - want).abs() <= 1e-6, "{got} vs {want}");
+            }
+        }
+    }
+}

@@ -16,7 +16,7 @@ use fraudscore::output;
 use fraudscore::store::Store;
 use fraudscore::time::EventTime;
 
-#[path = "population.rs"]
+#[path = "common/population.rs"]
 mod population;
 use population::{Stream, CUSTOMERS, PER_CUSTOMER_PER_WEEK};
 
@@ -36,7 +36,7 @@ fn warmed(spec: FeatureSpec) -> (Engine, Stream) {
     let mut engine = Engine::new(spec, &EngineConfig::default(), Arc::new(Store::default()));
     let started = Instant::now();
     for _ in 0..events {
-        let (key, value) = stream.next();
+        let (key, value) = stream.next_message();
         let _ = black_box(engine.prepare(0, Some(key), value));
     }
     eprintln!(
@@ -60,13 +60,13 @@ fn benches(c: &mut Criterion) {
     g.bench_function("generate_only", |b| {
         let mut s = Stream::new(9, 1 << 20);
         b.iter(|| {
-            let (k, v) = s.next();
+            let (k, v) = s.next_message();
             black_box((k.len(), v.len()));
         })
     });
     g.bench_function("decode_window_features", |b| {
         b.iter(|| {
-            let (key, value) = stream.next();
+            let (key, value) = stream.next_message();
             black_box(engine.prepare(0, Some(key), value).is_ok())
         })
     });
@@ -82,7 +82,7 @@ fn benches(c: &mut Criterion) {
             b.iter(|| {
                 prepared.clear();
                 while prepared.len() < batch {
-                    let (key, value) = stream.next();
+                    let (key, value) = stream.next_message();
                     if let Ok(p) = engine.prepare(0, Some(key), value) {
                         prepared.push(p);
                     }

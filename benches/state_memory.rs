@@ -11,7 +11,7 @@ use fraudscore::engine::{Engine, EngineConfig};
 use fraudscore::features::FeatureSpec;
 use fraudscore::store::Store;
 
-#[path = "population.rs"]
+#[path = "common/population.rs"]
 mod population;
 use population::{Stream, CUSTOMERS, PER_CUSTOMER_PER_WEEK};
 
@@ -51,7 +51,7 @@ fn main() {
     let before = LIVE.load(Ordering::Relaxed);
     let mut engine = Engine::new(spec, &EngineConfig::default(), store.clone());
     for _ in 0..events {
-        let (key, value) = stream.next();
+        let (key, value) = stream.next_message();
         let _ = engine.prepare(0, Some(key), value);
     }
     let total = LIVE.load(Ordering::Relaxed) - before;

@@ -237,6 +237,52 @@ struct RawTransaction<'a> {
     timestamp: Option<Scalar<'a>>,
 }
 
+/// The fields we read; everything else is skipped without allocating.
+enum Field {
+    TransactionId,
+    CustomerId,
+    TerminalId,
+    Amount,
+    Timestamp,
+    Other,
+}
+
+impl Field {
+    fn name(&self) -> &'static str {
+        match self {
+            Field::TransactionId => "transaction_id",
+            Field::CustomerId => "customer_id",
+            Field::TerminalId => "terminal_id",
+            Field::Amount => "amount",
+            Field::Timestamp => "timestamp",
+            Field::Other => "",
+        }
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Field, E> {
+                Ok(match v {
+                    "transaction_id" => Field::TransactionId,
+                    "customer_id" => Field::CustomerId,
+                    "terminal_id" => Field::TerminalId,
+                    "amount" => Field::Amount,
+                    "timestamp" => Field::Timestamp,
+                    _ => Field::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
 impl<'de> de::Deserialize<'de> for RawTransaction<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -247,21 +293,22 @@ impl<'de> de::Deserialize<'de> for RawTransaction<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut raw = RawTransaction::default();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    let slot = match key.as_ref() {
-                        "transaction_id" => &mut raw.transaction_id,
-                        "customer_id" => &mut raw.customer_id,
-                        "terminal_id" => &mut raw.terminal_id,
-                        "amount" => &mut raw.amount,
-                        "timestamp" => &mut raw.timestamp,
-                        _ => {
+                while let Some(field) = map.next_key::<Field>()? {
+                    let slot = match field {
+                        Field::TransactionId => &mut raw.transaction_id,
+                        Field::CustomerId => &mut raw.customer_id,
+                        Field::TerminalId => &mut raw.terminal_id,
+                        Field::Amount => &mut raw.amount,
+                        Field::Timestamp => &mut raw.timestamp,
+                        Field::Other => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
                         }
                     };
                     if slot.is_some() {
                         return Err(de::Error::custom(format!(
-                            "{FIELD_TAG}`{key}` appears more than once"
+                            "{FIELD_TAG}`{}` appears more than once",
+                            field.name()
                         )));
                     }
                     *slot = Some(map.next_value()?);

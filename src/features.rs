@@ -59,6 +59,8 @@ impl WindowLen {
     }
 }
 
+type WindowedFeature = fn(WindowLen) -> Feature;
+
 /// One feature the engine knows how to compute.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Feature {
@@ -73,7 +75,7 @@ pub enum Feature {
 
 impl Feature {
     pub fn parse(name: &str) -> Result<Feature, FeatureError> {
-        let windowed: [(&str, fn(WindowLen) -> Feature); 4] = [
+        let windowed: [(&str, WindowedFeature); 4] = [
             ("customer_tx_count_", Feature::Count),
             ("customer_sum_amount_", Feature::Sum),
             ("customer_avg_amount_", Feature::Avg),

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::kafka;
 use crate::report::{self, LatencySummary, ReportError, Series};
 use crate::run::{self, LoadArgs, RunArgs, RunError, RunReport};
 use crate::traffic;
@@ -229,6 +228,7 @@ pub fn execute(args: &CapacityArgs) -> Result<CapacityReport, CapacityError> {
         if args.fresh_topics {
             load.topic_suffix = format!("{}-{run_id}-s{number:02}", args.load.topic_suffix);
             load.create_topics = true;
+            load.delete_topics = !args.keep_topics;
         }
         eprintln!(
             "capacity: step {number} at {rate:.0}/s for {}",
@@ -241,16 +241,6 @@ pub fn execute(args: &CapacityArgs) -> Result<CapacityReport, CapacityError> {
             load: load.clone(),
         };
         let outcome = run::execute(&step_args);
-        if args.fresh_topics && !args.keep_topics {
-            let topics = load.topics();
-            if let Err(error) = kafka::delete_topics(
-                &load.settings(),
-                &[&topics.input, &topics.scored, &topics.dlq],
-                Duration::from_secs(30),
-            ) {
-                eprintln!("capacity: deleting the step's topics: {error}");
-            }
-        }
         let report = outcome.map_err(|source| CapacityError::Step { rate, source })?;
         run::print_summary(&report, &dir);
         let step = step_of(&report, rate, &criteria, &dir.display().to_string());

@@ -49,12 +49,15 @@ impl ClientSettings {
 
     /// Producer tuned for latency on small brokers: a few ms of linger, because one produce
     /// request per message overwhelms them, and acks from all replicas like the service.
-    pub fn producer(&self, linger_ms: u32) -> ClientConfig {
+    /// `idempotent` is the service's setting; librdkafka's idempotent producer busy-polls
+    /// against nisshi (about twice the CPU per message), which a load generator sharing two
+    /// cores with the system under test cannot afford.
+    pub fn producer(&self, linger_ms: u32, idempotent: bool) -> ClientConfig {
         let mut config = self.base();
         config
             .set("linger.ms", linger_ms.to_string())
             .set("acks", "all")
-            .set("enable.idempotence", "true")
+            .set("enable.idempotence", idempotent.to_string())
             // Generous local queue: the open-loop sender must not block on it in normal runs.
             .set("queue.buffering.max.messages", "1000000")
             .set("queue.buffering.max.kbytes", "1048576")
@@ -246,7 +249,11 @@ mod tests {
             brokers: "127.0.0.1:9092".into(),
             properties: vec![("linger.ms".into(), "20".into())],
         };
-        assert_eq!(settings.producer(5).get("linger.ms"), Some("20"));
+        assert_eq!(settings.producer(5, true).get("linger.ms"), Some("20"));
+        assert_eq!(
+            settings.producer(5, false).get("enable.idempotence"),
+            Some("false")
+        );
         assert_eq!(settings.consumer("g").get("fetch.wait.max.ms"), Some("5"));
         assert_eq!(settings.consumer("g").get("group.id"), Some("g"));
     }

@@ -174,7 +174,7 @@ pub fn execute(args: &PassthroughArgs) -> Result<PassthroughStats, PassthroughEr
         .set("enable.auto.offset.store", "false")
         .create_with_context(LoggingContext)?;
     let producer: BaseProducer<Acks> = settings
-        .producer(args.linger_ms)
+        .producer(args.linger_ms, true)
         .create_with_context(Acks::default())?;
     consumer.subscribe(&[&args.input_topic])?;
     eprintln!(

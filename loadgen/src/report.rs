@@ -220,6 +220,7 @@ pub fn plot_percentiles(
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
+        .margin_right(40)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d((1f64..x_end).log_scale(), 0f64..max_y)

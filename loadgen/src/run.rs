@@ -52,6 +52,9 @@ pub struct LoadArgs {
     /// Create the three topics first (with the Kafka admin API) if they do not exist.
     #[arg(long)]
     pub create_topics: bool,
+    /// Delete the three topics after the run, e.g. fresh ones made with --create-topics.
+    #[arg(long)]
+    pub delete_topics: bool,
     /// Partitions of topics created with --create-topics.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
@@ -282,7 +285,9 @@ struct Shared {
     sending_done: AtomicBool,
     /// Microseconds after the start when draining ends; `u64::MAX` while still sending.
     drain_deadline_us: AtomicU64,
-    produce_failed: Arc<DeliveryCounter>,
+    deliveries: Arc<DeliveryCounter>,
+    /// Failures before the run (probes), not the run's.
+    failed_before: u64,
 }
 
 /// What the receiver thread hands back.
@@ -348,6 +353,15 @@ pub fn execute(args: &RunArgs) -> Result<RunReport, RunError> {
     if let Some(sut) = sut {
         let _ = sut.stop(SUT_GRACE);
     }
+    if load.delete_topics {
+        if let Err(error) = kafka::delete_topics(
+            &settings,
+            &[&topics.input, &topics.scored, &topics.dlq],
+            Duration::from_secs(30),
+        ) {
+            eprintln!("loadgen: deleting the topics: {error}");
+        }
+    }
     let (summary, series, histogram, started_at) = result?;
 
     let report = RunReport {
@@ -401,8 +415,10 @@ fn measure(
     sut: Option<&mut Sut>,
 ) -> Result<Measured, RunError> {
     let load = &args.load;
+    // Not idempotent by default (see ClientSettings::producer): a retried send would show up
+    // as a duplicate output, so it cannot hide; -X enable.idempotence=true restores it.
     let producer: BaseProducer<DeliveryCounter> = settings
-        .producer(load.linger_ms)
+        .producer(load.linger_ms, false)
         .create_with_context(DeliveryCounter::default())?;
     let counter = producer.context().clone();
     let consumer: BaseConsumer<LoggingContext> = settings
@@ -427,6 +443,10 @@ fn measure(
             waited.as_secs_f64()
         );
     }
+    // Probe acknowledgements must not count as the run's.
+    let _ = producer.flush(Duration::from_secs(5));
+    let acked_before = counter.acked.load(Ordering::Relaxed);
+    let failed_before = counter.failed.load(Ordering::Relaxed);
     // Start both output topics at their current end: everything after is ours or foreign.
     kafka::assign_at_end(&consumer, &outputs, metadata_timeout)?;
 
@@ -440,7 +460,8 @@ fn measure(
         sent: AtomicU64::new(0),
         sending_done: AtomicBool::new(false),
         drain_deadline_us: AtomicU64::new(u64::MAX),
-        produce_failed: counter.clone(),
+        deliveries: counter.clone(),
+        failed_before,
     });
     // A short lead so the receiver is polling before the first message is due.
     let start = Instant::now() + Duration::from_millis(50);
@@ -602,8 +623,8 @@ fn measure(
     let lag = LatencySummary::of(&send_lag);
     let summary = RunSummary {
         sent,
-        produce_acked: counter.acked.load(Ordering::Relaxed),
-        produce_failed: counter.failed.load(Ordering::Relaxed),
+        produce_acked: counter.acked.load(Ordering::Relaxed) - acked_before,
+        produce_failed: counter.failed.load(Ordering::Relaxed) - failed_before,
         send_rate: per_second(sent, send_span),
         send_lag_p99_ms: lag.p99_ms,
         send_lag_max_ms: lag.max_ms,
@@ -784,7 +805,7 @@ fn receive(
         }
         if shared.sending_done.load(Ordering::Acquire) {
             let sent = shared.sent.load(Ordering::Relaxed);
-            let failed = shared.produce_failed.failed.load(Ordering::Relaxed);
+            let failed = shared.deliveries.failed.load(Ordering::Relaxed) - shared.failed_before;
             if matcher.unique() + failed >= sent {
                 break matcher.unique() >= sent;
             }

@@ -70,7 +70,7 @@ impl Stream {
     }
 
     /// The next message: (key, value).
-    pub fn next(&mut self) -> (&[u8], &[u8]) {
+    pub fn next_message(&mut self) -> (&[u8], &[u8]) {
         let i = self.n as usize % self.customers.len();
         let customer = self.customers[i];
         let amount = self.amounts[i];

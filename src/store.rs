@@ -14,9 +14,10 @@ struct Customer {
 }
 
 /// Concurrent map from customer to windows: the pipeline writes, HTTP lookups read.
+/// foldhash: several times faster than SipHash on short ids, and seeded per process.
 #[derive(Debug, Default)]
 pub struct Store {
-    customers: DashMap<CustomerId, Customer>,
+    customers: DashMap<CustomerId, Customer, foldhash::fast::RandomState>,
     events: AtomicI64,
 }
 

@@ -96,6 +96,8 @@ pub struct Counts {
     pub good_dead_lettered: u64,
     /// Bad messages that came out on the scored topic (expected from the pass-through only).
     pub bad_scored: u64,
+    /// The same, by the reason they should have been rejected for.
+    pub bad_scored_by_reason: BTreeMap<Reason, u64>,
     /// Dead-letter outputs by their reason header ("none" when absent).
     pub dlq_by_reason: BTreeMap<String, u64>,
     /// Scored outputs by the input's fraud scenario, then the service's decision.
@@ -187,8 +189,9 @@ impl Matcher {
         match topic {
             Topic::Scored => {
                 self.counts.scored += 1;
-                if intended.is_some() {
+                if let Some(reason) = intended {
                     self.counts.bad_scored += 1;
+                    *self.counts.bad_scored_by_reason.entry(reason).or_default() += 1;
                 }
                 if let Some(decision) = decision {
                     let label = match output.label {
@@ -342,6 +345,7 @@ mod tests {
             Verdict::First(7)
         );
         assert_eq!(matcher.counts.bad_scored, 2);
+        assert_eq!(matcher.counts.bad_scored_by_reason[&Reason::InvalidJson], 1);
         assert_eq!(matcher.counts.scored, 2);
         assert!(matcher.has_received(2) && matcher.has_received(7) && !matcher.has_received(3));
         let bad: Vec<(u64, Reason)> = {

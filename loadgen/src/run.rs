@@ -951,6 +951,16 @@ pub fn print_summary(report: &RunReport, dir: &Path) {
         c.good_dead_lettered,
         c.matched_by_header
     );
+    if !c.dlq_by_reason.is_empty() {
+        println!("dead letters by reason: {:?}", c.dlq_by_reason);
+    }
+    if c.bad_scored > 0 && c.dead_lettered > 0 {
+        // Only a real service is expected to reject them; a pass-through scores them all.
+        println!(
+            "bad messages scored instead of rejected, by intended reason: {:?}",
+            c.bad_scored_by_reason
+        );
+    }
     if !s.missing_sample.is_empty() {
         println!("first missing sequence numbers: {:?}", s.missing_sample);
     }

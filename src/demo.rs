@@ -55,7 +55,8 @@ struct Seen {
     dlq: BTreeMap<String, u64>,
     latency_us: Option<Histogram<u64>>,
     second_us: Option<Histogram<u64>>,
-    samples: Vec<serde_json::Value>,
+    /// (score, the output value as it came off the topic).
+    samples: Vec<(f64, String)>,
 }
 
 pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
@@ -108,7 +109,8 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let started = Instant::now();
+    // Both ends stamp times against one clock.
+    let clock = Instant::now();
     let seen = Arc::new(Mutex::new(Seen {
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).ok(),
         second_us: Histogram::new_with_bounds(1, 60_000_000, 3).ok(),
@@ -117,12 +119,15 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
         let (seen, done, brokers) = (seen.clone(), done.clone(), brokers.clone());
-        std::thread::spawn(move || read_outputs(&brokers, started, &seen, &done))
+        std::thread::spawn(move || read_outputs(&brokers, clock, &seen, &done))
     };
+    // Let the reader connect and fetch once, so its start-up is not counted as latency.
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
     let sent = Arc::new(AtomicU64::new(0));
     let writer = {
         let (sent, brokers, opts) = (sent.clone(), brokers.clone(), opts.clone());
-        std::thread::spawn(move || produce_load(&brokers, &opts, started, &sent))
+        std::thread::spawn(move || produce_load(&brokers, &opts, clock, &sent))
     };
 
     println!(
@@ -194,16 +199,11 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
     }) {
         println!("  {line}");
     }
-    println!("\na few scored transactions (highest scores first):");
+    println!("\na few scored transactions (the three highest scores, then the lowest):");
     let mut samples = s.samples.clone();
-    samples.sort_by(|a, b| {
-        b["score"]
-            .as_f64()
-            .partial_cmp(&a["score"].as_f64())
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
-    for v in samples.iter().take(3).chain(samples.iter().rev().take(1)) {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    samples.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (_, value) in samples.iter().take(3).chain(samples.iter().rev().take(1)) {
+        println!("{value}");
     }
     println!(
         "\nTo run against a real broker: create the topics transactions, transactions-scored and transactions-dlq, then\n  \
@@ -220,7 +220,7 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
 }
 
 /// Open-loop load from the transaction simulator: live timestamps, a share of malformed messages.
-fn produce_load(brokers: &str, opts: &DemoOptions, started: Instant, sent: &AtomicU64) {
+fn produce_load(brokers: &str, opts: &DemoOptions, clock: Instant, sent: &AtomicU64) {
     let producer: ThreadedProducer<DefaultProducerContext> = match ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
@@ -244,9 +244,10 @@ fn produce_load(brokers: &str, opts: &DemoOptions, started: Instant, sent: &Atom
     } else {
         u64::MAX
     };
+    let schedule = Instant::now();
     for n in 0..total {
         let due = Duration::from_secs_f64(n as f64 / opts.rate.max(1) as f64);
-        if let Some(wait) = due.checked_sub(started.elapsed()) {
+        if let Some(wait) = due.checked_sub(schedule.elapsed()) {
             std::thread::sleep(wait);
         }
         while day.is_empty() {
@@ -267,7 +268,7 @@ fn produce_load(brokers: &str, opts: &DemoOptions, started: Instant, sent: &Atom
             })
             .to_string()
         };
-        let sent_us = started.elapsed().as_micros().to_string();
+        let sent_us = clock.elapsed().as_micros().to_string();
         let headers = OwnedHeaders::new().insert(Header {
             key: SENT_HEADER,
             value: Some(&sent_us),
@@ -307,7 +308,7 @@ fn malformed(kind: u64, n: u64, customer: &str) -> String {
 }
 
 /// Reads both output topics from the start and records latencies from the propagated send time.
-fn read_outputs(brokers: &str, started: Instant, seen: &Mutex<Seen>, done: &AtomicBool) {
+fn read_outputs(brokers: &str, clock: Instant, seen: &Mutex<Seen>, done: &AtomicBool) {
     let consumer: BaseConsumer = match ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "fraudscore-demo-reader")
@@ -335,7 +336,7 @@ fn read_outputs(brokers: &str, started: Instant, seen: &Mutex<Seen>, done: &Atom
         let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
-        let now_us = started.elapsed().as_micros() as u64;
+        let now_us = clock.elapsed().as_micros() as u64;
         let header = |name: &str| {
             msg.headers().and_then(|h| {
                 h.iter()
@@ -351,9 +352,13 @@ fn read_outputs(brokers: &str, started: Instant, seen: &Mutex<Seen>, done: &Atom
                 .or_default() += 1;
         } else {
             s.scored += 1;
-            if s.samples.len() < 200 {
-                if let Some(v) = msg.payload().and_then(|p| serde_json::from_slice(p).ok()) {
-                    s.samples.push(v);
+            if s.samples.len() < 1000 {
+                let value = String::from_utf8_lossy(msg.payload().unwrap_or_default()).into_owned();
+                let score = serde_json::from_str::<serde_json::Value>(&value)
+                    .ok()
+                    .and_then(|v| v["score"].as_f64());
+                if let Some(score) = score {
+                    s.samples.push((score, value));
                 }
             }
         }

@@ -104,6 +104,7 @@ pub fn create_topics(
     timeout: Duration,
 ) -> KafkaResult<()> {
     let admin: AdminClient<DefaultClientContext> = settings.admin().create()?;
+    let topics = distinct(topics);
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
@@ -119,6 +120,17 @@ pub fn create_topics(
     Ok(())
 }
 
+/// A topic named twice in one admin request fails the whole request.
+fn distinct<'a>(topics: &[&'a str]) -> Vec<&'a str> {
+    let mut seen = Vec::with_capacity(topics.len());
+    for topic in topics {
+        if !seen.contains(topic) {
+            seen.push(*topic);
+        }
+    }
+    seen
+}
+
 /// Deletes topics, e.g. a capacity step's, so the broker's memory does not fill up.
 pub fn delete_topics(
     settings: &ClientSettings,
@@ -127,7 +139,7 @@ pub fn delete_topics(
 ) -> KafkaResult<()> {
     let admin: AdminClient<DefaultClientContext> = settings.admin().create()?;
     let options = AdminOptions::new().operation_timeout(Some(timeout));
-    for result in block_on(admin.delete_topics(topics, &options))? {
+    for result in block_on(admin.delete_topics(&distinct(topics), &options))? {
         if let Err((_, code)) = result {
             if code != RDKafkaErrorCode::UnknownTopicOrPartition {
                 return Err(KafkaError::AdminOp(code));
@@ -256,6 +268,11 @@ mod tests {
         );
         assert_eq!(settings.consumer("g").get("fetch.wait.max.ms"), Some("5"));
         assert_eq!(settings.consumer("g").get("group.id"), Some("g"));
+    }
+
+    #[test]
+    fn admin_requests_name_each_topic_once() {
+        assert_eq!(distinct(&["a", "b", "a", "c", "b"]), ["a", "b", "c"]);
     }
 
     #[test]

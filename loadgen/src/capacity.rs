@@ -46,6 +46,7 @@ pub struct CapacityArgs {
     /// {input} {scored} {dlq}, or subscribe it by pattern.
     #[arg(long)]
     pub fresh_topics: bool,
+    /// With --fresh-topics: keep each step's topics, e.g. to inspect them afterwards.
     #[arg(long)]
     pub keep_topics: bool,
     /// Pause between steps, to let the broker and service settle.

@@ -275,6 +275,7 @@ pub fn plot_lines(
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
+        .margin_right(40)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(min_x..max_x, 0f64..max_y)

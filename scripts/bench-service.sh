@@ -32,5 +32,5 @@ done
 for sut in passthrough service; do
   if [ $sut = passthrough ]; then cmd=$PASSTHROUGH; else cmd=$SERVICE; fi
   "$LG" capacity --brokers "$BROKERS" --fresh-topics --step-duration "$STEP" --customers "$CUSTOMERS" \
-    --sut-cmd "$cmd" --report "$OUT/$sut-capacity" || echo "$sut capacity: exit $?" >&2
+    --start-rate "${START_RATE:-250}" --sut-cmd "$cmd" --report "$OUT/$sut-capacity" || echo "$sut capacity: exit $?" >&2
 done

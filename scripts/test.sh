@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test, with everything they need: ONNX Runtime, the nisshi broker (built once, ~10 min),
-# then the Rust tests (unit, property, ONNX, and integration against the real broker).
+# the Rust tests (unit, property, ONNX, integration against the real broker), then the
+# engine's windows against pandas (models/parity.sh, Python venv in .tools/venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -1,0 +1,81 @@
+//! The command line as users meet it: configuration errors stop the start with exit code 2, and
+//! `replay` writes its two files.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fraudscore");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+#[test]
+fn a_wrong_or_unknown_key_exits_2_naming_the_key() {
+    let config = format!("{ROOT}/config/fraudscore.toml");
+    let out = Command::new(BIN)
+        .args(["run", "--config", &config])
+        .env("FRAUDSCORE__MODEL__MAX_BACH", "8")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_bach"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("max_batch = 64", "max_batch = \"lots\"");
+    std::fs::write(&bad, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_batch"));
+}
+
+#[test]
+fn replay_writes_scored_and_rejected_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("tx.jsonl");
+    std::fs::write(
+        &input,
+        "{\"transaction_id\":\"a\",\"customer_id\":\"c\",\"amount\":12.5,\"timestamp\":\"2026-11-26T03:44:58.123Z\"}\n\
+         {\"transaction_id\":\"b\",\"customer_id\":\"c\",\"amount\":\"x\",\"timestamp\":\"2026-11-26T03:45:00Z\"}\n\
+         {\"transaction_id\":\"c\",\"customer_id\":\"c\",\"amount\":250,\"timestamp\":\"2026-11-26T03:46:00Z\"}\n",
+    )
+    .unwrap();
+    let (scored, dlq) = (
+        dir.path().join("scored.jsonl"),
+        dir.path().join("dlq.jsonl"),
+    );
+    let status = Command::new(BIN)
+        .args([
+            "replay",
+            "--model",
+            &format!("{ROOT}/models/fraud.onnx"),
+            "--input",
+        ])
+        .arg(&input)
+        .arg("--output")
+        .arg(&scored)
+        .arg("--dlq")
+        .arg(&dlq)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let scored: Vec<serde_json::Value> = std::fs::read_to_string(&scored)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(scored.len(), 2);
+    assert_eq!(scored[1]["features"]["customer_tx_count_10m"], 2);
+    assert!(scored
+        .iter()
+        .all(|v| v["score"].is_number() && v["model_version"].is_string()));
+    let dlq: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&dlq).unwrap().trim()).unwrap();
+    assert_eq!(
+        (dlq["line"].as_u64(), dlq["reason"].as_str()),
+        (Some(2), Some("invalid_field"))
+    );
+}

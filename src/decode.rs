@@ -165,6 +165,8 @@ enum Scalar<'a> {
     Str(Cow<'a, str>),
     Int(i128),
     Float(f64),
+    Null,
+    /// A boolean, array or object, described for the error message.
     Other(&'static str),
 }
 
@@ -195,7 +197,7 @@ impl<'de> de::Deserialize<'de> for Scalar<'de> {
                 Ok(Scalar::Other("a boolean"))
             }
             fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Scalar::Other("null"))
+                Ok(Scalar::Null)
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
@@ -216,6 +218,7 @@ impl Scalar<'_> {
             Scalar::Str(s) => format!("the string {:?}", truncate(s, 40)),
             Scalar::Int(i) => format!("the integer {i}"),
             Scalar::Float(x) => format!("the number {x}"),
+            Scalar::Null => "null".to_string(),
             Scalar::Other(what) => (*what).to_string(),
         }
     }
@@ -328,7 +331,7 @@ impl RawTransaction<'_> {
         )?;
         let customer_id = id("customer_id", required("customer_id", self.customer_id)?)?;
         let terminal_id = match self.terminal_id {
-            None | Some(Scalar::Other("null")) => None,
+            None | Some(Scalar::Null) => None,
             Some(v) => Some(id("terminal_id", v)?),
         };
         let amount = amount(required("amount", self.amount)?)?;
@@ -345,7 +348,7 @@ impl RawTransaction<'_> {
 
 fn required<'a>(name: &str, v: Option<Scalar<'a>>) -> Result<Scalar<'a>, Rejection> {
     match v {
-        None | Some(Scalar::Other("null")) => Err(Rejection::new(
+        None | Some(Scalar::Null) => Err(Rejection::new(
             RejectReason::MissingField,
             format!("`{name}` is missing"),
         )),
@@ -388,7 +391,7 @@ fn amount(v: Scalar<'_>) -> Result<f64, Rejection> {
             .trim()
             .parse::<f64>()
             .map_err(|_| invalid("amount", format!("must be a number, got {}", v.describe())))?,
-        Scalar::Other(_) => {
+        Scalar::Null | Scalar::Other(_) => {
             return Err(invalid(
                 "amount",
                 format!("must be a number, got {}", v.describe()),

@@ -378,7 +378,10 @@ impl Pipeline {
                         batch_deadline = Instant::now() + max_wait;
                     }
                     worker.handle(&msg)?;
-                    if worker.batch.len() >= max_batch || Instant::now() >= batch_deadline {
+                    // With max_wait zero the batch is what poll(0) hands over back to back,
+                    // scored as soon as poll finds nothing more already fetched.
+                    let waited_enough = !max_wait.is_zero() && Instant::now() >= batch_deadline;
+                    if worker.batch.len() >= max_batch || waited_enough {
                         worker.score_batch(&consumer)?;
                     }
                 }

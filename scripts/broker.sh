@@ -35,14 +35,22 @@ wait_port() {
 
 topics() {
   for t in "$@"; do
-    "$BIN" topic create "$t" --partitions "$PARTITIONS" --broker "tcp://127.0.0.1:$PORT" >/dev/null 2>&1 \
-      || "$BIN" topic create "$t" --partitions "$PARTITIONS" >/dev/null
+    if ! out=$("$BIN" topic create "$t" --partitions "$PARTITIONS" --broker "tcp://127.0.0.1:$PORT" 2>&1); then
+      case "$out" in
+        *xist*) ;;  # already there from an earlier start: fine
+        *) echo "broker: creating topic $t: $out" >&2; return 1 ;;
+      esac
+    fi
   done
 }
 
 start() {
   install
   stop
+  if (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null; then
+    echo "broker: 127.0.0.1:$PORT is already taken by another process: stop it, or choose another port with BROKER_PORT" >&2
+    return 1
+  fi
   mkdir -p "$RUN"
   data=$(mktemp -d)
   (cd "$data" && nohup "$BIN" broker --storage-engine memory://nisshi/ \
@@ -50,6 +58,11 @@ start() {
       --group-initial-rebalance-delay "${BROKER_REBALANCE_DELAY:-1s}" \
       >"$RUN/nisshi.log" 2>&1 & echo $! >"$RUN/nisshi.pid")
   wait_port
+  if ! kill -0 "$(cat "$RUN/nisshi.pid")" 2>/dev/null; then
+    echo "broker: nisshi exited at start:" >&2
+    tail -5 "$RUN/nisshi.log" >&2
+    return 1
+  fi
   topics "${TOPICS[@]}"
   echo "broker: nisshi on 127.0.0.1:$PORT, topics ${TOPICS[*]} ($PARTITIONS partitions), log $RUN/nisshi.log" >&2
 }

@@ -9,6 +9,7 @@ bash scripts/broker.sh start
 trap 'bash scripts/broker.sh stop' EXIT
 # Integration tests fail, rather than skip, when the broker is missing.
 export FRAUDSCORE_REQUIRE_BROKER=1
+export FRAUDSCORE_BROKER=127.0.0.1:${BROKER_PORT:-9092}
 cargo test --workspace --no-fail-fast 2>&1
 # The engine's windows against an independent pandas computation (creates .tools/venv once).
 bash models/parity.sh

@@ -53,10 +53,12 @@ start() {
   fi
   mkdir -p "$RUN"
   data=$(mktemp -d)
-  (cd "$data" && nohup "$BIN" broker --storage-engine memory://nisshi/ \
+  # exec: the background job becomes nisshi itself, so the pid file names the broker.
+  (cd "$data" && exec "$BIN" broker --storage-engine memory://nisshi/ \
       --listener-url "tcp://127.0.0.1:$PORT" --advertised-listener-url "tcp://127.0.0.1:$PORT" \
       --group-initial-rebalance-delay "${BROKER_REBALANCE_DELAY:-1s}" \
-      >"$RUN/nisshi.log" 2>&1 & echo $! >"$RUN/nisshi.pid")
+      >"$RUN/nisshi.log" 2>&1) &
+  echo $! >"$RUN/nisshi.pid"
   wait_port
   if ! kill -0 "$(cat "$RUN/nisshi.pid")" 2>/dev/null; then
     echo "broker: nisshi exited at start:" >&2
@@ -68,11 +70,16 @@ start() {
 }
 
 stop() {
-  if [ -f "$RUN/nisshi.pid" ]; then
-    kill "$(cat "$RUN/nisshi.pid")" 2>/dev/null || true
-    rm -f "$RUN/nisshi.pid"
-    sleep 0.5
-  fi
+  [ -f "$RUN/nisshi.pid" ] || return 0
+  pid=$(cat "$RUN/nisshi.pid")
+  kill "$pid" 2>/dev/null || true
+  # Wait for it to let go of the port, so that a start right after finds it free.
+  for _ in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$RUN/nisshi.pid"
 }
 
 case "${1:-}" in

@@ -446,12 +446,13 @@ fn each_kind_of_bad_message_is_dead_lettered_with_its_reason_and_the_service_kee
         ("oversized", Some("c-1"), oversized.into_bytes()),
     ];
     let p = producer(&brokers);
-    // A first good one, so that the too-late message has a newest event to be late against.
+    // A first good one, so that the too-late message has a newest event to be late against:
+    // 40 days is past the longest window the shipped model asks for (30 days) plus the lateness.
     send(
         &p,
         &names.input,
         Some("c-1"),
-        &tx("good-0", "c-1", 10.0, t + 8 * 86_400_000),
+        &tx("good-0", "c-1", 10.0, t + 40 * 86_400_000),
     );
     p.flush(Duration::from_secs(5)).unwrap();
     for (_, key, value) in &bad {
@@ -462,7 +463,7 @@ fn each_kind_of_bad_message_is_dead_lettered_with_its_reason_and_the_service_kee
         &p,
         &names.input,
         Some("c-1"),
-        &tx("good-1", "c-1", 10.0, t + 8 * 86_400_000 + 1),
+        &tx("good-1", "c-1", 10.0, t + 40 * 86_400_000 + 1),
     );
     p.flush(Duration::from_secs(5)).unwrap();
 

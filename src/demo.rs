@@ -170,7 +170,7 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
     done.store(true, Ordering::Relaxed);
     let _ = reader.join();
     let _ = writer.join();
-    let metrics = service.shared().metrics.render();
+    let metrics = service.shared().render_metrics();
     service.stop()?;
 
     let s = seen.lock().unwrap_or_else(|e| e.into_inner());

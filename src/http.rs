@@ -40,12 +40,9 @@ pub async fn serve(
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let m = &s.shared.metrics;
-    m.customers.set(s.shared.store.customers() as i64);
-    m.window_events.set(s.shared.store.window_events());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        m.render(),
+        s.shared.render_metrics(),
     )
         .into_response()
 }

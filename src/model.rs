@@ -24,6 +24,9 @@ pub enum ModelError {
     RuntimeNotFound(String),
     #[error("loading ONNX Runtime from {path}: {message}")]
     Runtime { path: PathBuf, message: String },
+    /// The runtime failed to load earlier in this process; the message says how.
+    #[error("{0}")]
+    RuntimeUnavailable(String),
     #[error("model {path}: {message}")]
     Load { path: PathBuf, message: String },
     #[error("model {path}: metadata property `{META_FEATURES}` is missing: the model must declare the ordered feature names it takes")]
@@ -88,10 +91,7 @@ fn environment() -> Result<ort::environment::Environment, ModelError> {
                 .to_string()
             })
     });
-    env.clone().map_err(|message| ModelError::Runtime {
-        path: PathBuf::new(),
-        message,
-    })
+    env.clone().map_err(ModelError::RuntimeUnavailable)
 }
 
 /// A loaded model with the feature spec it asks for.

@@ -71,6 +71,14 @@ impl Shared {
         })
     }
 
+    /// The Prometheus text, with the state gauges read at this moment.
+    pub fn render_metrics(&self) -> String {
+        let m = &self.metrics;
+        m.customers.set(self.store.customers() as i64);
+        m.window_events.set(self.store.window_events());
+        m.render()
+    }
+
     fn offsets(&self) -> MutexGuard<'_, crate::offsets::OffsetTracker> {
         // A panic elsewhere must not stop deliveries being recorded: the data is still consistent.
         self.offsets.lock().unwrap_or_else(|e| e.into_inner())
@@ -538,9 +546,6 @@ impl Worker {
     }
 
     fn commit_progress(&mut self, consumer: &InputConsumer, mode: CommitMode) {
-        let m = &self.shared.metrics;
-        m.customers.set(self.shared.store.customers() as i64);
-        m.window_events.set(self.shared.store.window_events());
         if self.config.kafka.processing_guarantee == Guarantee::ExactlyOnce {
             return;
         }

@@ -9,48 +9,8 @@ use time::OffsetDateTime;
 
 use crate::time::EventTime;
 
-/// Longest accepted id, in bytes: ids are stored per event and echoed in every output.
-pub const MAX_ID_BYTES: usize = 128;
-const MAX_AMOUNT: f64 = 1e9;
-
-/// Why an input message was not scored. The codes are part of the wire contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RejectReason {
-    InvalidJson,
-    MissingField,
-    InvalidField,
-    TimestampOutOfRange,
-    TooLate,
-    Oversized,
-}
-
-impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
-        RejectReason::InvalidJson,
-        RejectReason::MissingField,
-        RejectReason::InvalidField,
-        RejectReason::TimestampOutOfRange,
-        RejectReason::TooLate,
-        RejectReason::Oversized,
-    ];
-
-    pub fn code(self) -> &'static str {
-        match self {
-            RejectReason::InvalidJson => "invalid_json",
-            RejectReason::MissingField => "missing_field",
-            RejectReason::InvalidField => "invalid_field",
-            RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
-            RejectReason::TooLate => "too_late",
-            RejectReason::Oversized => "oversized",
-        }
-    }
-}
-
-impl fmt::Display for RejectReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
+pub use fraudscore_contract::RejectReason;
+use fraudscore_contract::{MAX_AMOUNT, MAX_ID_BYTES};
 
 /// A rejected message: the reason code and a message naming the field at fault.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -5,18 +5,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fraudscore_contract::headers;
 use hdrhistogram::Histogram;
-use loadgen::sim::{FraudParams, PopulationParams, Simulator, Transaction};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
+use txsim::bad::{self, BadMix, Defect, Slot};
+use txsim::sim::{CustomerId, FraudParams, PopulationParams, Simulator, Transaction};
 
 use crate::config::Config;
-use crate::run::{Service, StartError};
-use crate::service::HEADER_REASON;
+use crate::service::{Service, ServiceError, StartError};
 use crate::time::EventTime;
 
 const SHIPPED_CONFIG: &str = include_str!("../config/fraudscore.toml");
@@ -43,7 +44,7 @@ pub enum DemoError {
     #[error(transparent)]
     Start(#[from] StartError),
     #[error(transparent)]
-    Service(#[from] crate::service::ServiceError),
+    Service(#[from] ServiceError),
     #[error("{0}")]
     Incomplete(String),
 }
@@ -100,7 +101,7 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
 
     // The consumer group's first join takes a few seconds; latency is measured from then on.
     let joining = Instant::now();
-    while !service.shared().health.assigned.load(Ordering::Relaxed) {
+    while !service.shared().health.has_partitions() {
         if joining.elapsed() > Duration::from_secs(30) || service.is_finished() {
             service.stop()?;
             return Err(DemoError::Incomplete(
@@ -239,11 +240,8 @@ fn produce_load(brokers: &str, opts: &DemoOptions, clock: Instant, sent: &Atomic
     let mut sim = Simulator::new(opts.seed, &params, FraudParams::default());
     let mut day: Vec<Transaction> = Vec::new();
     let total = (opts.rate as f64 * opts.duration.as_secs_f64()) as u64;
-    let bad_every = if opts.bad_ratio > 0.0 {
-        (1.0 / opts.bad_ratio).round() as u64
-    } else {
-        u64::MAX
-    };
+    let mix = BadMix::new(opts.bad_ratio);
+    let mut recent_customer: Option<CustomerId> = None;
     let schedule = Instant::now();
     for n in 0..total {
         let due = Duration::from_secs_f64(n as f64 / opts.rate.max(1) as f64);
@@ -255,18 +253,34 @@ fn produce_load(brokers: &str, opts: &DemoOptions, clock: Instant, sent: &Atomic
             day.reverse();
         }
         let Some(tx) = day.pop() else { continue };
-        let customer = tx.customer.to_string();
-        let value = if n % bad_every == bad_every - 1 {
-            malformed(n / bad_every, n, &customer)
-        } else {
-            serde_json::json!({
-                "transaction_id": format!("demo-{n}"),
-                "customer_id": customer,
-                "terminal_id": tx.terminal.to_string(),
-                "amount": tx.amount.as_units(),
-                "timestamp": EventTime::now().millis(),
-            })
-            .to_string()
+        let transaction_id = format!("demo-{n}");
+        let now_ms = EventTime::now().millis();
+        // The load generator's malformed messages, one defect per reject reason in turn.
+        let (key, value) = match mix.bad_index(n) {
+            Some(k) => {
+                let slot = Slot {
+                    transaction_id: &transaction_id,
+                    tx: &tx,
+                    epoch_millis: now_ms,
+                    recent_customer,
+                };
+                let m = bad::build(Defect::nth(k), &slot);
+                (m.key, m.value)
+            }
+            None => {
+                recent_customer = Some(tx.customer);
+                let value = serde_json::json!({
+                    "transaction_id": transaction_id,
+                    "customer_id": tx.customer.to_string(),
+                    "terminal_id": tx.terminal.to_string(),
+                    "amount": tx.amount.as_units(),
+                    "timestamp": now_ms,
+                });
+                (
+                    tx.customer.to_string().into_bytes(),
+                    value.to_string().into_bytes(),
+                )
+            }
         };
         let sent_us = clock.elapsed().as_micros().to_string();
         let headers = OwnedHeaders::new().insert(Header {
@@ -274,7 +288,7 @@ fn produce_load(brokers: &str, opts: &DemoOptions, clock: Instant, sent: &Atomic
             value: Some(&sent_us),
         });
         let mut record = BaseRecord::to("transactions")
-            .key(&customer)
+            .key(&key)
             .payload(&value)
             .headers(headers);
         loop {
@@ -289,22 +303,6 @@ fn produce_load(brokers: &str, opts: &DemoOptions, clock: Instant, sent: &Atomic
         sent.fetch_add(1, Ordering::Relaxed);
     }
     let _ = producer.flush(Duration::from_secs(10));
-}
-
-/// One malformed message per kind, in turn, so the dead-letter path shows every reason.
-fn malformed(kind: u64, n: u64, customer: &str) -> String {
-    match kind % 4 {
-        0 => format!("not json {n}"),
-        1 => format!(
-            r#"{{"transaction_id":"demo-{n}","customer_id":"{customer}","timestamp":"2026-01-01T00:00:00Z"}}"#
-        ),
-        2 => format!(
-            r#"{{"transaction_id":"demo-{n}","customer_id":"{customer}","amount":-5,"timestamp":"2026-01-01T00:00:00Z"}}"#
-        ),
-        _ => format!(
-            r#"{{"transaction_id":"demo-{n}","customer_id":"{customer}","amount":5,"timestamp":"1999-01-01T00:00:00Z"}}"#
-        ),
-    }
 }
 
 /// Reads both output topics from the start and records latencies from the propagated send time.
@@ -348,7 +346,7 @@ fn read_outputs(brokers: &str, clock: Instant, seen: &Mutex<Seen>, done: &Atomic
         let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
         if msg.topic() == "transactions-dlq" {
             *s.dlq
-                .entry(header(HEADER_REASON).unwrap_or_default())
+                .entry(header(headers::DLQ_REASON).unwrap_or_default())
                 .or_default() += 1;
         } else {
             s.scored += 1;

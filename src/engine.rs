@@ -22,7 +22,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            max_message_bytes: 64 * 1024,
+            max_message_bytes: fraudscore_contract::DEFAULT_MAX_MESSAGE_BYTES,
             allowed_lateness: Duration::from_secs(3600),
         }
     }

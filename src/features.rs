@@ -1,18 +1,12 @@
 //! The feature vocabulary: parsing feature names into a [`FeatureSpec`] and building [`Features`] for one event.
 
-use std::fmt;
-use std::time::Duration;
-
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use crate::time::EventTime;
+use crate::time::{EventTime, WindowLen};
 use crate::window::WindowStats;
 
 /// Always in the output, whatever the model takes: the two features of the original workshop.
 pub const ALWAYS: [&str; 2] = ["customer_tx_count_10m", "customer_avg_amount_7d"];
-
-const MIN_WINDOW_MS: i64 = 1_000;
-const MAX_WINDOW_MS: i64 = 30 * 86_400_000;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FeatureError {
@@ -22,41 +16,6 @@ pub enum FeatureError {
     BadWindow { name: String, window: String },
     #[error("feature `{0}` is listed twice")]
     Duplicate(String),
-}
-
-/// A sliding window length in event time, from 1 second to 30 days.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WindowLen(i64);
-
-impl WindowLen {
-    pub fn parse(s: &str) -> Option<WindowLen> {
-        let unit_ms = match s.chars().last()? {
-            's' => 1_000,
-            'm' => 60_000,
-            'h' => 3_600_000,
-            'd' => 86_400_000,
-            _ => return None,
-        };
-        let digits = &s[..s.len() - 1];
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let ms = digits.parse::<i64>().ok()?.checked_mul(unit_ms)?;
-        (MIN_WINDOW_MS..=MAX_WINDOW_MS)
-            .contains(&ms)
-            .then_some(WindowLen(ms))
-    }
-
-    pub fn millis(self) -> i64 {
-        self.0
-    }
-
-    pub fn from_duration(d: Duration) -> Option<WindowLen> {
-        let ms = i64::try_from(d.as_millis()).ok()?;
-        (MIN_WINDOW_MS..=MAX_WINDOW_MS)
-            .contains(&ms)
-            .then_some(WindowLen(ms))
-    }
 }
 
 type WindowedFeature = fn(WindowLen) -> Feature;
@@ -184,10 +143,7 @@ impl FeatureSpec {
     /// The longest window: how far back the state must reach.
     pub fn longest_window(&self) -> WindowLen {
         // ALWAYS holds windowed features, so `windows` is never empty.
-        self.windows
-            .last()
-            .copied()
-            .unwrap_or(WindowLen(MIN_WINDOW_MS))
+        self.windows.last().copied().unwrap_or(WindowLen::SHORTEST)
     }
 
     pub fn model_width(&self) -> usize {
@@ -273,43 +229,9 @@ impl Serialize for NamedFeatures<'_> {
     }
 }
 
-/// The shortest name in the feature scheme: `10m`, `7d`, `90s`.
-impl fmt::Display for WindowLen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (n, unit) = [(86_400_000, 'd'), (3_600_000, 'h'), (60_000, 'm')]
-            .into_iter()
-            .find(|(ms, _)| self.0 % ms == 0)
-            .map_or((self.0 / 1000, 's'), |(ms, u)| (self.0 / ms, u));
-        write!(f, "{n}{unit}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn window_names() {
-        assert_eq!(WindowLen::parse("30s"), Some(WindowLen(30_000)));
-        assert_eq!(WindowLen::parse("10m"), Some(WindowLen(600_000)));
-        assert_eq!(WindowLen::parse("1h"), Some(WindowLen(3_600_000)));
-        assert_eq!(WindowLen::parse("30d"), Some(WindowLen(MAX_WINDOW_MS)));
-        assert_eq!(WindowLen::parse("1s"), Some(WindowLen(MIN_WINDOW_MS)));
-        for (name, canonical) in [
-            ("60m", "1h"),
-            ("90s", "90s"),
-            ("24h", "1d"),
-            ("10m", "10m"),
-            ("7d", "7d"),
-        ] {
-            assert_eq!(WindowLen::parse(name).unwrap().to_string(), canonical);
-        }
-        for bad in [
-            "0s", "31d", "d", "1", "1w", "-1d", "+1d", "1.5h", "", "720h1",
-        ] {
-            assert_eq!(WindowLen::parse(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn spec_puts_always_features_first_and_maps_model_columns() {
@@ -326,14 +248,13 @@ mod tests {
             ]
         );
         assert_eq!(
-            spec.windows(),
-            [
-                WindowLen(600_000),
-                WindowLen(86_400_000),
-                WindowLen(7 * 86_400_000)
-            ]
+            spec.windows()
+                .iter()
+                .map(|w| w.millis())
+                .collect::<Vec<_>>(),
+            [600_000, 86_400_000, 7 * 86_400_000]
         );
-        assert_eq!(spec.longest_window(), WindowLen(7 * 86_400_000));
+        assert_eq!(spec.longest_window().millis(), 7 * 86_400_000);
         let stats = [
             WindowStats {
                 count: 2,

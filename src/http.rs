@@ -1,6 +1,5 @@
 //! The HTTP side: Prometheus metrics, health and readiness, and point lookups of a customer's windows.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -11,7 +10,7 @@ use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
 use crate::features::FeatureSpec;
-use crate::service::Shared;
+use crate::shared::Shared;
 
 #[derive(Clone)]
 struct AppState {
@@ -49,8 +48,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 async fn readyz(State(s): State<AppState>) -> Response {
     let h = &s.shared.health;
-    let model = h.model_loaded.load(Ordering::Relaxed);
-    let assigned = h.assigned.load(Ordering::Relaxed);
+    let model = h.is_model_loaded();
+    let assigned = h.has_partitions();
     let status = if model && assigned {
         StatusCode::OK
     } else {

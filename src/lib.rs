@@ -1,21 +1,24 @@
 //! fraudscore: real-time card fraud scoring. Kafka in, exact event-time windows, an ONNX model, Kafka out.
 //!
 //! The hot path, top to bottom: [`decode`] → [`window`] (via [`store`]) → [`features`] → [`model`]
-//! → [`output`], tied together by [`engine`]; [`service`] runs it on Kafka and [`replay`] on a file.
+//! → [`output`], tied together by [`engine`]; [`pipeline`] runs it on Kafka, [`service`] starts
+//! and stops the pipeline with the HTTP side ([`http`], [`metrics`], [`shared`]), and [`replay`]
+//! runs the engine on a file. What the service and its load generator agree on (reject reasons,
+//! header names, limits, the commit rule) is in the `fraudscore-contract` crate.
 
 pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod engine;
 pub mod features;
-pub mod http;
+mod http;
 pub mod metrics;
 pub mod model;
-pub mod offsets;
 pub mod output;
+pub mod pipeline;
 pub mod replay;
-pub mod run;
 pub mod service;
+pub mod shared;
 pub mod store;
 pub mod time;
 pub mod window;

@@ -1,24 +1,18 @@
 //! The `fraudscore` command line: run the service, the embedded demo, or an offline replay.
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use tokio::signal;
+use tracing_subscriber::EnvFilter;
 
 use fraudscore::config::{Config, LogFormat};
 use fraudscore::demo::DemoOptions;
-use fraudscore::engine::{Engine, EngineConfig, Scorer, Thresholds};
-use fraudscore::features::FeatureSpec;
-use fraudscore::model::Model;
-use fraudscore::run::Service;
-use fraudscore::store::Store;
-use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::EnvFilter;
+use fraudscore::engine::Thresholds;
+use fraudscore::replay::ReplayOptions;
+use fraudscore::service::Service;
 
 #[derive(Parser)]
 #[command(
@@ -140,20 +134,28 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     init_logging(&config.log.level, format);
     let service = Service::start(config)?;
-    let signal = service.runtime().block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => return Ok::<_, std::io::Error>("SIGINT"),
-                _ = term.recv() => return Ok("SIGTERM"),
-                _ = tick.tick() => if service.is_finished() { return Ok("pipeline end") },
+    service.run_until(signal())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT or SIGTERM.
+async fn signal() {
+    let term = async {
+        match signal::unix::signal(signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            // Without a SIGTERM handler only Ctrl-C stops us; say so rather than fail to start.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
             }
         }
-    })?;
-    tracing::info!(signal, "shutting down");
-    service.stop()?;
-    Ok(ExitCode::SUCCESS)
+    };
+    tokio::select! {
+        _ = signal::ctrl_c() => tracing::info!("SIGINT"),
+        () = term => tracing::info!("SIGTERM"),
+    }
 }
 
 fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -178,40 +180,21 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    let mut scorer = match &args.model {
-        Some(path) => {
-            let model = Model::load(path, 1)?;
-            let thresholds = Thresholds {
-                review: args.review_threshold,
-                decline: args.decline_threshold,
-            };
-            Some(Scorer::new(model, thresholds))
-        }
-        None => None,
-    };
-    let spec = match &scorer {
-        Some(s) => s.model().spec().clone(),
-        None => FeatureSpec::for_model(&args.features)?,
-    };
-    if args.max_batch == 0 {
-        bail!("--max-batch must be at least 1");
-    }
-    let config = EngineConfig {
+    let opts = ReplayOptions {
+        model: args.model,
+        features: args.features,
+        input: args.input,
+        output: args.output,
+        dlq: args.dlq,
+        max_batch: args.max_batch,
         allowed_lateness: args.allowed_lateness,
-        ..EngineConfig::default()
+        thresholds: Thresholds {
+            review: args.review_threshold,
+            decline: args.decline_threshold,
+        },
     };
-    let mut engine = Engine::new(spec, &config, Arc::new(Store::default()));
-    let open = |p: &PathBuf| File::open(p).with_context(|| format!("opening {}", p.display()));
-    let create = |p: &PathBuf| File::create(p).with_context(|| format!("creating {}", p.display()));
     let started = Instant::now();
-    let summary = fraudscore::replay::replay(
-        &mut engine,
-        scorer.as_mut(),
-        args.max_batch,
-        BufReader::with_capacity(1 << 20, open(&args.input)?),
-        BufWriter::with_capacity(1 << 20, create(&args.output)?),
-        BufWriter::new(create(&args.dlq)?),
-    )?;
+    let summary = fraudscore::replay::run(&opts)?;
     eprintln!(
         "replayed {} lines in {:.2?}: {} scored ({} duplicates), {} rejected",
         summary.lines,

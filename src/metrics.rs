@@ -29,6 +29,8 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     pub produce_retries: IntCounter,
     pub duplicates: IntCounter,
+    pub commit_failures: IntCounter,
+    pub outputs_truncated: IntCounter,
 }
 
 impl Metrics {
@@ -124,6 +126,16 @@ impl Metrics {
             "Re-delivered transactions, scored from the state without being counted again",
         )
         .expect("valid metric");
+        let commit_failures = IntCounter::new(
+            "fraudscore_commit_failures_total",
+            "Offset commits the broker refused or that timed out; each is retried by the next commit",
+        )
+        .expect("valid metric");
+        let outputs_truncated = IntCounter::new(
+            "fraudscore_outputs_truncated_total",
+            "Outputs the producer refused as they were (e.g. too large), dead-lettered truncated as oversized",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(transactions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(dlq.clone()),
@@ -138,6 +150,8 @@ impl Metrics {
             Box::new(model_info.clone()),
             Box::new(produce_retries.clone()),
             Box::new(duplicates.clone()),
+            Box::new(commit_failures.clone()),
+            Box::new(outputs_truncated.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -163,6 +177,8 @@ impl Metrics {
             model_info,
             produce_retries,
             duplicates,
+            commit_failures,
+            outputs_truncated,
         }
     }
 

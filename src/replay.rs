@@ -1,18 +1,90 @@
 //! Offline replay: a file of input values through the same engine as the service, in file order.
 
-use std::io::{self, BufRead, Write};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::engine::{Engine, Prepared, Scorer, Verdict};
-use crate::model::ModelError;
+use crate::engine::{Engine, EngineConfig, Prepared, Scorer, Thresholds, Verdict};
+use crate::features::{FeatureError, FeatureSpec};
+use crate::model::{Model, ModelError};
 use crate::output;
+use crate::store::Store;
 use crate::time::EventTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("I/O: {0}")]
     Io(#[from] io::Error),
+    #[error("{what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Feature(#[from] FeatureError),
+    #[error("--max-batch must be at least 1")]
+    ZeroBatch,
+}
+
+/// What to replay, with what, and where to write: the `fraudscore replay` command line.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// Score with this model; without one, compute `features` alone.
+    pub model: Option<PathBuf>,
+    pub features: Vec<String>,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub dlq: PathBuf,
+    pub max_batch: usize,
+    pub allowed_lateness: Duration,
+    pub thresholds: Thresholds,
+}
+
+/// Builds the engine (and scorer) the options ask for and replays the input file.
+pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
+    if opts.max_batch == 0 {
+        return Err(ReplayError::ZeroBatch);
+    }
+    let mut scorer = match &opts.model {
+        Some(path) => Some(Scorer::new(Model::load(path, 1)?, opts.thresholds)),
+        None => None,
+    };
+    let spec = match &scorer {
+        Some(s) => s.model().spec().clone(),
+        None => FeatureSpec::for_model(&opts.features)?,
+    };
+    let config = EngineConfig {
+        allowed_lateness: opts.allowed_lateness,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(spec, &config, Arc::new(Store::default()));
+    let open = |p: &Path| {
+        File::open(p).map_err(|source| ReplayError::File {
+            what: "opening",
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let create = |p: &Path| {
+        File::create(p).map_err(|source| ReplayError::File {
+            what: "creating",
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    replay(
+        &mut engine,
+        scorer.as_mut(),
+        opts.max_batch,
+        BufReader::with_capacity(1 << 20, open(&opts.input)?),
+        BufWriter::with_capacity(1 << 20, create(&opts.output)?),
+        BufWriter::new(create(&opts.dlq)?),
+    )
 }
 
 /// Counts of one replay.

@@ -78,8 +78,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::WindowLen;
     use crate::time::EventTime;
+    use crate::time::WindowLen;
     use crate::window::Retention;
 
     #[test]

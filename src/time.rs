@@ -1,10 +1,14 @@
-//! Event time: milliseconds since the Unix epoch, bounded to [2000-01-01, 2100-01-01), with UTC calendar helpers.
+//! Event time: milliseconds since the Unix epoch, bounded to [2000-01-01, 2100-01-01), with UTC
+//! calendar helpers; and [`WindowLen`], the length of a sliding window in event time.
 
 use std::fmt;
+use std::time::Duration;
 
 use time::OffsetDateTime;
 
 const MS_PER_DAY: i64 = 86_400_000;
+const MIN_WINDOW_MS: i64 = 1_000;
+const MAX_WINDOW_MS: i64 = 30 * MS_PER_DAY;
 
 /// A transaction's event time, in epoch milliseconds. Only valid times can be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -62,6 +66,55 @@ impl fmt::Display for EventTime {
     }
 }
 
+/// A sliding window length in event time, from 1 second to 30 days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WindowLen(i64);
+
+impl WindowLen {
+    pub const SHORTEST: WindowLen = WindowLen(MIN_WINDOW_MS);
+    pub const LONGEST: WindowLen = WindowLen(MAX_WINDOW_MS);
+
+    pub fn parse(s: &str) -> Option<WindowLen> {
+        let unit_ms = match s.chars().last()? {
+            's' => 1_000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
+            _ => return None,
+        };
+        let digits = &s[..s.len() - 1];
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let ms = digits.parse::<i64>().ok()?.checked_mul(unit_ms)?;
+        (MIN_WINDOW_MS..=MAX_WINDOW_MS)
+            .contains(&ms)
+            .then_some(WindowLen(ms))
+    }
+
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    pub fn from_duration(d: Duration) -> Option<WindowLen> {
+        let ms = i64::try_from(d.as_millis()).ok()?;
+        (MIN_WINDOW_MS..=MAX_WINDOW_MS)
+            .contains(&ms)
+            .then_some(WindowLen(ms))
+    }
+}
+
+/// The shortest name in the feature scheme: `10m`, `7d`, `90s`.
+impl fmt::Display for WindowLen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (n, unit) = [(86_400_000, 'd'), (3_600_000, 'h'), (60_000, 'm')]
+            .into_iter()
+            .find(|(ms, _)| self.0 % ms == 0)
+            .map_or((self.0 / 1000, 's'), |(ms, u)| (self.0 / ms, u));
+        write!(f, "{n}{unit}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +144,28 @@ mod tests {
         assert_eq!(EventTime::checked(EventTime::END.0), None);
         assert!(EventTime::checked(EventTime::END.0 - 1).is_some());
         assert_eq!(EventTime::checked(i128::MAX), None);
+    }
+
+    #[test]
+    fn window_names() {
+        assert_eq!(WindowLen::parse("30s"), Some(WindowLen(30_000)));
+        assert_eq!(WindowLen::parse("10m"), Some(WindowLen(600_000)));
+        assert_eq!(WindowLen::parse("1h"), Some(WindowLen(3_600_000)));
+        assert_eq!(WindowLen::parse("30d"), Some(WindowLen(MAX_WINDOW_MS)));
+        assert_eq!(WindowLen::parse("1s"), Some(WindowLen(MIN_WINDOW_MS)));
+        for (name, canonical) in [
+            ("60m", "1h"),
+            ("90s", "90s"),
+            ("24h", "1d"),
+            ("10m", "10m"),
+            ("7d", "7d"),
+        ] {
+            assert_eq!(WindowLen::parse(name).unwrap().to_string(), canonical);
+        }
+        for bad in [
+            "0s", "31d", "d", "1", "1w", "-1d", "+1d", "1.5h", "", "720h1",
+        ] {
+            assert_eq!(WindowLen::parse(bad), None, "{bad}");
+        }
     }
 }

@@ -2,8 +2,7 @@
 
 use thin_vec::ThinVec;
 
-use crate::features::WindowLen;
-use crate::time::EventTime;
+use crate::time::{EventTime, WindowLen};
 
 /// Bits of the transaction-id hash kept beside the timestamp in an event's 64-bit key.
 /// 42 bits of milliseconds cover 2000..2100; the other 22 tell re-deliveries apart.

@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -195,7 +196,8 @@ pub struct CapacityReport {
     pub at_max: Option<Step>,
 }
 
-pub fn execute(args: &CapacityArgs) -> Result<CapacityReport, CapacityError> {
+/// Steps through rates until the search converges or `stop` is set.
+pub fn execute(args: &CapacityArgs, stop: &AtomicBool) -> Result<CapacityReport, CapacityError> {
     fs::create_dir_all(&args.report).map_err(|source| CapacityError::Io {
         path: args.report.display().to_string(),
         source,
@@ -220,7 +222,7 @@ pub fn execute(args: &CapacityArgs) -> Result<CapacityReport, CapacityError> {
     );
     let mut steps: Vec<Step> = Vec::new();
     while let Some(rate) = search.next() {
-        if crate::STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) {
             break;
         }
         let number = steps.len() + 1;
@@ -241,7 +243,7 @@ pub fn execute(args: &CapacityArgs) -> Result<CapacityReport, CapacityError> {
             report: dir.clone(),
             load: load.clone(),
         };
-        let outcome = run::execute(&step_args);
+        let outcome = run::execute(&step_args, stop);
         let report = outcome.map_err(|source| CapacityError::Step { rate, source })?;
         run::print_summary(&report, &dir);
         let step = step_of(&report, rate, &criteria, &dir.display().to_string());

@@ -1,9 +1,7 @@
-//! Library half of loadgen: the simulator, and the load generator's parts for the binary
-//! and its tests.
+//! Library half of loadgen: the load generator's parts for the binary and its tests. Long
+//! loops take a stop flag from the caller, so they can finish cleanly (flush, commit, write the
+//! report) instead of dying mid-way.
 
-use std::sync::atomic::AtomicBool;
-
-pub mod bad;
 pub mod capacity;
 pub mod kafka;
 pub mod matcher;
@@ -11,10 +9,7 @@ pub mod passthrough;
 pub mod report;
 pub mod run;
 pub mod schedule;
-pub mod sim;
 pub mod sut;
-pub mod traffic;
 
-/// Set on Ctrl-C or SIGTERM; long loops check it so they can finish cleanly (flush, commit,
-/// write the report) instead of dying mid-way.
-pub static STOP: AtomicBool = AtomicBool::new(false);
+/// The simulator crate's modules, under the names the load generator has always used.
+pub use txsim::{bad, sim, traffic};

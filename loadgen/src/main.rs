@@ -5,11 +5,11 @@ use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use loadgen::{capacity, passthrough, run, sim, STOP};
+use loadgen::{capacity, passthrough, run, sim};
 use time::macros::format_description;
 use time::Date;
 
@@ -62,6 +62,10 @@ fn parse_date(text: &str) -> Result<Date, time::error::Parse> {
     Date::parse(text, format_description!("[year]-[month]-[day]"))
 }
 
+/// Set on Ctrl-C or SIGTERM and handed to the long-running commands; the only global, because a
+/// signal handler has nowhere else to put it.
+static STOP: AtomicBool = AtomicBool::new(false);
+
 fn main() -> anyhow::Result<()> {
     let command = Cli::parse().command;
     ctrlc::set_handler(|| {
@@ -75,7 +79,7 @@ fn main() -> anyhow::Result<()> {
     match command {
         Command::Simulate(args) => simulate(args),
         Command::Run(args) => {
-            let report = run::execute(&args).context("loadgen run")?;
+            let report = run::execute(&args, &STOP).context("loadgen run")?;
             run::print_summary(&report, &args.report);
             if report.summary.missing > 0 {
                 bail!(
@@ -87,12 +91,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Capacity(args) => {
-            let report = capacity::execute(&args).context("loadgen capacity")?;
+            let report = capacity::execute(&args, &STOP).context("loadgen capacity")?;
             capacity::print_summary(&report);
             Ok(())
         }
         Command::Passthrough(args) => {
-            passthrough::execute(&args).context("loadgen passthrough")?;
+            passthrough::execute(&args, &STOP).context("loadgen passthrough")?;
             Ok(())
         }
     }

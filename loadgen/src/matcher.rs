@@ -7,8 +7,8 @@ use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bad::Reason;
 use crate::traffic::parse_transaction_id;
+use fraudscore_contract::RejectReason;
 
 /// Fingerprint of a value. 64 bits of SipHash plus the length: keeping the bytes themselves
 /// would hold every oversized message in memory for the whole run.
@@ -27,17 +27,17 @@ impl Digest {
 /// the sender before each bad message goes out, read by the receiver.
 #[derive(Debug, Default)]
 pub struct Expected {
-    reasons: HashMap<u64, Reason>,
+    reasons: HashMap<u64, RejectReason>,
     by_value: HashMap<Digest, u64>,
 }
 
 impl Expected {
-    pub fn add_bad(&mut self, seq: u64, reason: Reason, value: &[u8]) {
+    pub fn add_bad(&mut self, seq: u64, reason: RejectReason, value: &[u8]) {
         self.reasons.insert(seq, reason);
         self.by_value.insert(Digest::of(value), seq);
     }
 
-    pub fn reason_of(&self, seq: u64) -> Option<Reason> {
+    pub fn reason_of(&self, seq: u64) -> Option<RejectReason> {
         self.reasons.get(&seq).copied()
     }
 
@@ -45,7 +45,7 @@ impl Expected {
         self.by_value.get(&Digest::of(value)).copied()
     }
 
-    pub fn bad_seqs(&self) -> impl Iterator<Item = (u64, Reason)> + '_ {
+    pub fn bad_seqs(&self) -> impl Iterator<Item = (u64, RejectReason)> + '_ {
         self.reasons.iter().map(|(&seq, &reason)| (seq, reason))
     }
 }
@@ -97,7 +97,7 @@ pub struct Counts {
     /// Bad messages that came out on the scored topic (expected from the pass-through only).
     pub bad_scored: u64,
     /// The same, by the reason they should have been rejected for.
-    pub bad_scored_by_reason: BTreeMap<Reason, u64>,
+    pub bad_scored_by_reason: BTreeMap<RejectReason, u64>,
     /// Dead-letter outputs by their reason header ("none" when absent).
     pub dlq_by_reason: BTreeMap<String, u64>,
     /// Scored outputs by the input's fraud scenario, then the service's decision.
@@ -271,8 +271,8 @@ mod tests {
     #[test]
     fn dead_letters_match_by_bytes_and_check_the_reason() {
         let mut expected = Expected::default();
-        expected.add_bad(4, Reason::InvalidJson, b"lg-abc-4 not json");
-        expected.add_bad(5, Reason::Oversized, b"lg-abc-5 big");
+        expected.add_bad(4, RejectReason::InvalidJson, b"lg-abc-4 not json");
+        expected.add_bad(5, RejectReason::Oversized, b"lg-abc-5 big");
         let mut matcher = Matcher::new(RUN, 10);
         let right = Output {
             value: Some(b"lg-abc-4 not json"),
@@ -325,10 +325,10 @@ mod tests {
     #[test]
     fn a_pass_through_copy_of_a_bad_message_counts_as_scored() {
         let mut expected = Expected::default();
-        expected.add_bad(2, Reason::InvalidJson, b"\xff\xfelg-abc-2");
+        expected.add_bad(2, RejectReason::InvalidJson, b"\xff\xfelg-abc-2");
         expected.add_bad(
             7,
-            Reason::InvalidField,
+            RejectReason::InvalidField,
             br#"{"transaction_id":"lg-abc-7","amount":-1}"#,
         );
         let mut matcher = Matcher::new(RUN, 10);
@@ -345,14 +345,23 @@ mod tests {
             Verdict::First(7)
         );
         assert_eq!(matcher.counts.bad_scored, 2);
-        assert_eq!(matcher.counts.bad_scored_by_reason[&Reason::InvalidJson], 1);
+        assert_eq!(
+            matcher.counts.bad_scored_by_reason[&RejectReason::InvalidJson],
+            1
+        );
         assert_eq!(matcher.counts.scored, 2);
         assert!(matcher.has_received(2) && matcher.has_received(7) && !matcher.has_received(3));
-        let bad: Vec<(u64, Reason)> = {
+        let bad: Vec<(u64, RejectReason)> = {
             let mut v: Vec<_> = expected.bad_seqs().collect();
             v.sort();
             v
         };
-        assert_eq!(bad, [(2, Reason::InvalidJson), (7, Reason::InvalidField)]);
+        assert_eq!(
+            bad,
+            [
+                (2, RejectReason::InvalidJson),
+                (7, RejectReason::InvalidField)
+            ]
+        );
     }
 }

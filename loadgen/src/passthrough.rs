@@ -4,8 +4,7 @@
 //! Offsets are committed only once the copy is acknowledged, so a crash re-sends rather
 //! than loses (at-least-once, like the service).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::{self, ClientSettings, LoggingContext};
-use crate::STOP;
+use fraudscore_contract::OffsetTracker;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct PassthroughArgs {
@@ -108,54 +107,11 @@ impl ProducerContext for Acks {
     }
 }
 
-/// Per input partition: offsets copied but not yet acknowledged, and the next offset after
-/// everything consumed. The commit position is the oldest unacknowledged offset, so nothing
-/// unacknowledged is ever committed even when acknowledgements arrive out of order (copies
-/// of one input partition land in several output partitions).
-#[derive(Debug, Default)]
-pub struct Progress {
-    partitions: BTreeMap<i32, PartitionProgress>,
-}
-
-#[derive(Debug, Default)]
-struct PartitionProgress {
-    in_flight: BTreeSet<i64>,
-    next: i64,
-    committed: Option<i64>,
-}
-
-impl Progress {
-    pub fn consumed(&mut self, partition: i32, offset: i64) {
-        let p = self.partitions.entry(partition).or_default();
-        p.in_flight.insert(offset);
-        p.next = p.next.max(offset + 1);
-    }
-
-    pub fn acknowledged(&mut self, partition: i32, offset: i64) {
-        if let Some(p) = self.partitions.get_mut(&partition) {
-            p.in_flight.remove(&offset);
-        }
-    }
-
-    /// Positions that moved since the last call: (partition, next offset to read).
-    pub fn to_commit(&mut self) -> Vec<(i32, i64)> {
-        let mut moved = Vec::new();
-        for (&partition, p) in &mut self.partitions {
-            let position = p.in_flight.first().copied().unwrap_or(p.next);
-            if p.committed != Some(position) {
-                p.committed = Some(position);
-                moved.push((partition, position));
-            }
-        }
-        moved
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.partitions.values().map(|p| p.in_flight.len()).sum()
-    }
-}
-
-pub fn execute(args: &PassthroughArgs) -> Result<PassthroughStats, PassthroughError> {
+/// Copies until `stop` is set or the duration is over, then drains and commits.
+pub fn execute(
+    args: &PassthroughArgs,
+    stop: &AtomicBool,
+) -> Result<PassthroughStats, PassthroughError> {
     let settings = ClientSettings {
         brokers: args.brokers.clone(),
         properties: args.property.clone(),
@@ -183,14 +139,14 @@ pub fn execute(args: &PassthroughArgs) -> Result<PassthroughStats, PassthroughEr
     );
 
     let started = Instant::now();
-    let mut progress = Progress::default();
+    let mut progress = OffsetTracker::default();
     let mut stats = PassthroughStats::default();
     let mut last_commit = Instant::now();
     let mut last_report = Instant::now();
     let mut copied_at_report = 0;
     let mut failure = None;
     loop {
-        if STOP.load(Ordering::Relaxed) || args.duration.is_some_and(|d| started.elapsed() >= d) {
+        if stop.load(Ordering::Relaxed) || args.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
         // Consumer errors are mostly transient; librdkafka reconnects by itself.
@@ -297,7 +253,7 @@ pub fn execute(args: &PassthroughArgs) -> Result<PassthroughStats, PassthroughEr
     }
 }
 
-fn drain_acks(producer: &BaseProducer<Acks>, progress: &mut Progress) -> u64 {
+fn drain_acks(producer: &BaseProducer<Acks>, progress: &mut OffsetTracker) -> u64 {
     let acks = std::mem::take(
         &mut *producer
             .context()
@@ -314,7 +270,7 @@ fn drain_acks(producer: &BaseProducer<Acks>, progress: &mut Progress) -> u64 {
 fn commit(
     consumer: &BaseConsumer<LoggingContext>,
     topic: &str,
-    progress: &mut Progress,
+    progress: &mut OffsetTracker,
     mode: CommitMode,
 ) {
     let moved = progress.to_commit();
@@ -331,35 +287,5 @@ fn commit(
     // A failed commit is retried with the next one; losing it only means re-copying on restart.
     if let Err(error) = consumer.commit(&offsets, mode) {
         eprintln!("passthrough: commit: {error}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commits_stop_at_the_oldest_unacknowledged_copy() {
-        let mut progress = Progress::default();
-        for offset in 10..15 {
-            progress.consumed(0, offset);
-        }
-        progress.consumed(1, 3);
-        assert_eq!(progress.to_commit(), [(0, 10), (1, 3)]);
-        assert_eq!(progress.to_commit(), []);
-        // Out-of-order acknowledgements: 11 and 12 done, 10 still out.
-        progress.acknowledged(0, 12);
-        progress.acknowledged(0, 11);
-        assert_eq!(progress.to_commit(), []);
-        progress.acknowledged(0, 10);
-        assert_eq!(progress.to_commit(), [(0, 13)]);
-        progress.acknowledged(0, 13);
-        progress.acknowledged(0, 14);
-        progress.acknowledged(1, 3);
-        assert_eq!(progress.to_commit(), [(0, 15), (1, 4)]);
-        assert_eq!(progress.in_flight(), 0);
-        // An acknowledgement for a partition never seen is ignored.
-        progress.acknowledged(7, 1);
-        assert_eq!(progress.to_commit(), []);
     }
 }

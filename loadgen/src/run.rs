@@ -19,7 +19,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::bad::{self, BadMix, Defect, Reason};
+use crate::bad::{self, BadMix, Defect};
 use crate::kafka::{self, ClientSettings, LoggingContext};
 use crate::matcher::{Counts, Expected, Matcher, Output, Topic, Verdict};
 use crate::report::{self, LatencySummary, ReportError, SecondStats};
@@ -27,7 +27,7 @@ use crate::schedule::{Schedule, ScheduleError};
 use crate::sim::{self, CustomerId, Radius};
 use crate::sut::{self, Sut};
 use crate::traffic::{self, TransactionStream, LABEL_HEADER, RUN_HEADER, SEQ_HEADER};
-use crate::STOP;
+use fraudscore_contract::{headers, RejectReason};
 
 /// Header marking readiness probes, so their outputs never count as results.
 const PROBE_HEADER: &str = "loadgen.probe";
@@ -218,7 +218,7 @@ pub struct RunSummary {
     #[serde(flatten)]
     pub counts: Counts,
     pub bad_sent: u64,
-    pub bad_sent_by_reason: BTreeMap<Reason, u64>,
+    pub bad_sent_by_reason: BTreeMap<RejectReason, u64>,
     /// Bad messages without any output.
     pub bad_missing: u64,
     /// True when every input had its output before the drain timeout.
@@ -301,7 +301,8 @@ struct Received {
 
 /// Runs one load test and writes its report; the caller decides what a missing message
 /// means for the exit code.
-pub fn execute(args: &RunArgs) -> Result<RunReport, RunError> {
+/// `stop` ends the sending early (Ctrl-C); what was sent is still drained and reported.
+pub fn execute(args: &RunArgs, stop: &AtomicBool) -> Result<RunReport, RunError> {
     let load = &args.load;
     let schedule = Schedule::new(args.rate, args.duration)?;
     let run_id = traffic::new_run_id();
@@ -340,16 +341,17 @@ pub fn execute(args: &RunArgs) -> Result<RunReport, RunError> {
         None => None,
     };
 
-    let result = measure(
+    let plan = Plan {
         args,
-        &schedule,
-        &run_id,
-        &topics,
-        &settings,
-        &group,
+        schedule: &schedule,
+        run_id: &run_id,
+        topics: &topics,
+        settings: &settings,
+        group: &group,
         population,
-        sut.as_mut(),
-    );
+        stop,
+    };
+    let result = measure(&plan, sut.as_mut());
     if let Some(sut) = sut {
         let _ = sut.stop(SUT_GRACE);
     }
@@ -403,17 +405,30 @@ pub fn execute(args: &RunArgs) -> Result<RunReport, RunError> {
 
 type Measured = (RunSummary, Vec<SecondStats>, Histogram<u64>, String);
 
-#[allow(clippy::too_many_arguments)]
-fn measure(
-    args: &RunArgs,
-    schedule: &Schedule,
-    run_id: &str,
-    topics: &Topics,
-    settings: &ClientSettings,
-    group: &str,
+/// Everything one measurement needs, fixed before it starts.
+struct Plan<'a> {
+    args: &'a RunArgs,
+    schedule: &'a Schedule,
+    run_id: &'a str,
+    topics: &'a Topics,
+    settings: &'a ClientSettings,
+    group: &'a str,
     population: sim::PopulationParams,
-    sut: Option<&mut Sut>,
-) -> Result<Measured, RunError> {
+    /// Set by the caller (Ctrl-C) to end the sending early.
+    stop: &'a AtomicBool,
+}
+
+fn measure(plan: &Plan<'_>, sut: Option<&mut Sut>) -> Result<Measured, RunError> {
+    let &Plan {
+        args,
+        schedule,
+        run_id,
+        topics,
+        settings,
+        group,
+        population,
+        stop,
+    } = plan;
     let load = &args.load;
     // Not idempotent by default (see ClientSettings::producer): a retried send would show up
     // as a duplicate output, so it cannot hide; -X enable.idempotence=true restores it.
@@ -437,6 +452,7 @@ fn measure(
             run_id,
             load.ready_timeout,
             sut,
+            stop,
         )?;
         eprintln!(
             "loadgen: the system under test answered after {:.1}s",
@@ -495,7 +511,7 @@ fn measure(
     };
 
     let mix = BadMix::new(load.bad_ratio);
-    let mut bad_sent_by_reason: BTreeMap<Reason, u64> = BTreeMap::new();
+    let mut bad_sent_by_reason: BTreeMap<RejectReason, u64> = BTreeMap::new();
     let mut send_lag = report::latency_histogram();
     let mut recent_customer: Option<CustomerId> = None;
     let mut value = Vec::with_capacity(512);
@@ -505,7 +521,7 @@ fn measure(
     let mut send_error = None;
 
     for seq in 0..schedule.count() {
-        if STOP.load(Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) {
             interrupted = true;
             break;
         }
@@ -753,7 +769,7 @@ fn receive(
                     } else {
                         None
                     },
-                    dlq_reason: header(&message, "fraudscore.dlq.reason")
+                    dlq_reason: header(&message, headers::DLQ_REASON)
                         .and_then(|v| std::str::from_utf8(v).ok()),
                     label: header_number(&message, LABEL_HEADER),
                 };
@@ -845,6 +861,7 @@ fn wait_ready<C: ProducerContext<DeliveryOpaque = ()>>(
     run_id: &str,
     timeout: Duration,
     mut sut: Option<&mut Sut>,
+    stop: &AtomicBool,
 ) -> Result<Duration, RunError> {
     let started = Instant::now();
     let customer = format!("lg-probe-{run_id}");
@@ -857,7 +874,7 @@ fn wait_ready<C: ProducerContext<DeliveryOpaque = ()>>(
                 humantime::format_duration(timeout)
             )));
         }
-        if STOP.load(Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) {
             return Err(RunError::NotReady("interrupted while waiting".into()));
         }
         if let Some(sut) = sut.as_deref_mut() {

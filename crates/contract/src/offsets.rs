@@ -53,20 +53,6 @@ impl OffsetTracker {
         out
     }
 
-    /// Exactly-once: every consumed message's output is in the open transaction, so the position
-    /// to commit with it is one past the highest consumed, whatever is acknowledged yet.
-    pub fn consumed_positions(&mut self) -> Vec<(i32, i64)> {
-        let mut out = Vec::new();
-        for (&partition, p) in &mut self.partitions {
-            if p.committed != Some(p.next) {
-                p.committed = Some(p.next);
-                out.push((partition, p.next));
-            }
-        }
-        out.sort_unstable();
-        out
-    }
-
     /// Positions of these partitions, committed or not, for a final commit before they go.
     pub fn positions(&self, partitions: &[i32]) -> Vec<(i32, i64)> {
         partitions
@@ -76,6 +62,25 @@ impl OffsetTracker {
             .collect()
     }
 
+    /// A commit of these partitions failed: hand their positions out again on the next call
+    /// to [`to_commit`](Self::to_commit), even if they have not moved.
+    pub fn commit_failed(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            if let Some(o) = self.partitions.get_mut(p) {
+                o.committed = None;
+            }
+        }
+    }
+
+    /// This message was consumed here and its output is not acknowledged yet (false once its
+    /// partition is forgotten).
+    pub fn is_in_flight(&self, partition: i32, offset: i64) -> bool {
+        self.partitions
+            .get(&partition)
+            .is_some_and(|p| p.in_flight.contains(&offset))
+    }
+
+    /// The partition was revoked: nothing of it may be committed by this instance any more.
     pub fn forget(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.partitions.remove(p);
@@ -111,6 +116,13 @@ mod tests {
         t.acknowledged(1, 3);
         assert_eq!(t.to_commit(), [(0, 15), (1, 4)]);
         assert_eq!(t.in_flight(), 0);
+        // A failed commit is handed out again, though the position did not move.
+        t.commit_failed(&[1]);
+        assert_eq!(t.to_commit(), [(1, 4)]);
+        assert_eq!(t.to_commit(), []);
+        // An acknowledgement for a partition never seen is ignored.
+        t.acknowledged(7, 1);
+        assert_eq!(t.to_commit(), []);
         t.forget(&[0]);
         assert_eq!(t.positions(&[0, 1]), [(1, 4)]);
     }

@@ -3,18 +3,15 @@
 //! Every bad value embeds its transaction id `lg-<run>-<seq>`, so no two are alike and the
 //! dead-letter copy (the same bytes) can be matched back by value.
 
-use std::fmt;
 use std::io::Write;
 
-use serde::Serialize;
+use fraudscore_contract::{RejectReason, DEFAULT_MAX_MESSAGE_BYTES, MAX_ID_BYTES};
 
 use crate::sim::{CustomerId, Transaction};
 use crate::traffic::{write_timestamp, write_transaction};
 
 /// Values above this many bytes are `oversized` for the service (`max_message_bytes`).
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-/// Longest id the service accepts, in bytes.
-const MAX_ID_BYTES: usize = 128;
+pub const MAX_VALUE_BYTES: usize = DEFAULT_MAX_MESSAGE_BYTES;
 /// How far back a `too_late` event is stamped. The rule is "older than the customer's newest
 /// event minus the longest window minus 1 hour"; the longest window depends on the model's
 /// features (7 days in the spec, 30 days in the current model), so go well beyond any of
@@ -23,67 +20,30 @@ const TOO_LATE_BY_MS: i64 = 400 * 86_400_000;
 /// 2100-01-01T00:00:00Z, the first instant the service rejects.
 const YEAR_2100_MS: i64 = 4_102_444_800_000;
 
-/// The service's `fraudscore.dlq.reason` codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    InvalidJson,
-    MissingField,
-    InvalidField,
-    TimestampOutOfRange,
-    TooLate,
-    Oversized,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 6] = [
-        Reason::InvalidJson,
-        Reason::MissingField,
-        Reason::InvalidField,
-        Reason::TimestampOutOfRange,
-        Reason::TooLate,
-        Reason::Oversized,
-    ];
-
-    pub fn code(self) -> &'static str {
-        match self {
-            Reason::InvalidJson => "invalid_json",
-            Reason::MissingField => "missing_field",
-            Reason::InvalidField => "invalid_field",
-            Reason::TimestampOutOfRange => "timestamp_out_of_range",
-            Reason::TooLate => "too_late",
-            Reason::Oversized => "oversized",
+/// The defects that should be rejected for this reason, in the order they are used. Exhaustive on
+/// purpose: a reason added to the contract does not compile here until it has a defect.
+pub fn defects(reason: RejectReason) -> &'static [Defect] {
+    match reason {
+        RejectReason::InvalidJson => &[Defect::NotJson, Defect::NotUtf8, Defect::NotAnObject],
+        RejectReason::MissingField => &[
+            Defect::MissingAmount,
+            Defect::NullTimestamp,
+            Defect::MissingTransactionId,
+        ],
+        RejectReason::InvalidField => &[
+            Defect::NegativeAmount,
+            Defect::KeyDiffersFromCustomer,
+            Defect::AmountTooLarge,
+            Defect::AmountNotANumber,
+            Defect::TransactionIdTooLong,
+            Defect::EmptyCustomerId,
+            Defect::CustomerIdWrongType,
+        ],
+        RejectReason::TimestampOutOfRange => {
+            &[Defect::TimestampBefore2000, Defect::TimestampIn2100]
         }
-    }
-
-    /// The defects that should be rejected for this reason, in the order they are used.
-    fn defects(self) -> &'static [Defect] {
-        match self {
-            Reason::InvalidJson => &[Defect::NotJson, Defect::NotUtf8, Defect::NotAnObject],
-            Reason::MissingField => &[
-                Defect::MissingAmount,
-                Defect::NullTimestamp,
-                Defect::MissingTransactionId,
-            ],
-            Reason::InvalidField => &[
-                Defect::NegativeAmount,
-                Defect::KeyDiffersFromCustomer,
-                Defect::AmountTooLarge,
-                Defect::AmountNotANumber,
-                Defect::TransactionIdTooLong,
-                Defect::EmptyCustomerId,
-                Defect::CustomerIdWrongType,
-            ],
-            Reason::TimestampOutOfRange => &[Defect::TimestampBefore2000, Defect::TimestampIn2100],
-            Reason::TooLate => &[Defect::TooLate],
-            Reason::Oversized => &[Defect::Oversized],
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
+        RejectReason::TooLate => &[Defect::TooLate],
+        RejectReason::Oversized => &[Defect::Oversized],
     }
 }
 
@@ -115,11 +75,11 @@ pub enum Defect {
 }
 
 impl Defect {
-    pub fn reason(self) -> Reason {
+    pub fn reason(self) -> RejectReason {
         match self {
-            Defect::NotJson | Defect::NotUtf8 | Defect::NotAnObject => Reason::InvalidJson,
+            Defect::NotJson | Defect::NotUtf8 | Defect::NotAnObject => RejectReason::InvalidJson,
             Defect::MissingAmount | Defect::NullTimestamp | Defect::MissingTransactionId => {
-                Reason::MissingField
+                RejectReason::MissingField
             }
             Defect::NegativeAmount
             | Defect::KeyDiffersFromCustomer
@@ -127,18 +87,20 @@ impl Defect {
             | Defect::AmountNotANumber
             | Defect::TransactionIdTooLong
             | Defect::EmptyCustomerId
-            | Defect::CustomerIdWrongType => Reason::InvalidField,
-            Defect::TimestampBefore2000 | Defect::TimestampIn2100 => Reason::TimestampOutOfRange,
-            Defect::TooLate => Reason::TooLate,
-            Defect::Oversized => Reason::Oversized,
+            | Defect::CustomerIdWrongType => RejectReason::InvalidField,
+            Defect::TimestampBefore2000 | Defect::TimestampIn2100 => {
+                RejectReason::TimestampOutOfRange
+            }
+            Defect::TooLate => RejectReason::TooLate,
+            Defect::Oversized => RejectReason::Oversized,
         }
     }
 
     /// The `n`-th bad message's defect: reasons take turns, so each gets an equal share, and
     /// each reason cycles through its own variants.
     pub fn nth(n: u64) -> Defect {
-        let reasons = Reason::ALL.len() as u64;
-        let defects = Reason::ALL[(n % reasons) as usize].defects();
+        let reasons = RejectReason::ALL.len() as u64;
+        let defects = defects(RejectReason::ALL[(n % reasons) as usize]);
         defects[((n / reasons) % defects.len() as u64) as usize]
     }
 }
@@ -189,7 +151,7 @@ pub struct BadMessage {
 }
 
 impl BadMessage {
-    pub fn reason(&self) -> Reason {
+    pub fn reason(&self) -> RejectReason {
         self.defect.reason()
     }
 }
@@ -370,9 +332,9 @@ mod tests {
     }
 
     fn all_defects() -> Vec<Defect> {
-        Reason::ALL
+        RejectReason::ALL
             .iter()
-            .flat_map(|r| r.defects().iter().copied())
+            .flat_map(|&r| defects(r).iter().copied())
             .collect()
     }
 
@@ -382,7 +344,7 @@ mod tests {
         let bad: Vec<u64> = (0..100_000).filter_map(|s| mix.bad_index(s)).collect();
         assert_eq!(bad.len(), 1000);
         assert!(bad.iter().enumerate().all(|(i, &n)| n == i as u64));
-        let mut per_reason: HashMap<Reason, u64> = HashMap::new();
+        let mut per_reason: HashMap<RejectReason, u64> = HashMap::new();
         for &n in &bad {
             *per_reason.entry(Defect::nth(n).reason()).or_default() += 1;
         }
@@ -417,7 +379,7 @@ mod tests {
 
     #[test]
     fn invalid_json_is_not_a_json_object() {
-        for defect in Reason::InvalidJson.defects() {
+        for defect in defects(RejectReason::InvalidJson) {
             let message = make(*defect, 1);
             let parsed = std::str::from_utf8(&message.value)
                 .ok()
@@ -496,7 +458,7 @@ mod tests {
             },
         );
         assert_eq!(first.defect, Defect::TimestampBefore2000);
-        assert_eq!(first.reason(), Reason::TimestampOutOfRange);
+        assert_eq!(first.reason(), RejectReason::TimestampOutOfRange);
     }
 
     #[test]
@@ -511,7 +473,7 @@ mod tests {
 
     #[test]
     fn reason_codes_are_the_service_contract() {
-        let codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        let codes: Vec<&str> = RejectReason::ALL.iter().map(|r| r.code()).collect();
         assert_eq!(
             codes,
             [
@@ -524,7 +486,7 @@ mod tests {
             ]
         );
         for defect in all_defects() {
-            assert!(defect.reason().defects().contains(&defect));
+            assert!(defects(defect.reason()).contains(&defect));
         }
     }
 }

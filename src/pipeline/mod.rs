@@ -1,0 +1,517 @@
+//! The Kafka pipeline: consume → decode → update windows → score → produce → commit, losing nothing.
+//!
+//! One thread runs [`Pipeline::run`] on a consumer ([`clients`] holds the clients' callbacks);
+//! prepared transactions wait in a [`batch::Batch`] for one inference call; [`producer::Output`]
+//! hands their outputs to a threaded producer, whose acknowledgements let [`commit::Commits`]
+//! move the input offsets. An input offset is committed only after its output is acknowledged.
+
+mod batch;
+mod clients;
+mod commit;
+mod producer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fraudscore_contract::{headers, RejectReason};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::decode::Rejection;
+use crate::engine::{Engine, Prepared, Scorer};
+use crate::model::ModelError;
+use crate::output;
+use crate::shared::Shared;
+use crate::time::EventTime;
+
+use batch::{Batch, Source};
+use clients::{client_config, Delivery, DeliveryContext, GroupContext, Outcome, OutputProducer};
+use commit::Commits;
+use producer::{classify, ErrorKind, Output, Record, SendError};
+
+/// How long shutdown and revocation wait for outstanding deliveries.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(8);
+const POLL_IDLE: Duration = Duration::from_millis(100);
+/// A record the producer refuses as it is goes to the dead-letter topic with its key and value
+/// cut to this many bytes and without the input's headers.
+const TRUNCATED_BYTES: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("stopping: the output producer failed fatally ({0}); what was acknowledged is committed, the rest is re-scored after a restart")]
+    ProducerFatal(KafkaError),
+    #[error("stopping: the output of partition {partition} offset {offset} cannot be produced even truncated ({error}); it stays uncommitted")]
+    Undeliverable {
+        partition: i32,
+        offset: i64,
+        error: KafkaError,
+    },
+}
+
+/// The input message an output stands for, as the dead-letter headers name it.
+#[derive(Debug, Clone, Copy)]
+struct SourceRef {
+    partition: i32,
+    offset: i64,
+}
+
+/// The pipeline: the consumer and the [`Worker`] it feeds. Owned by the pipeline thread; what
+/// others see of it is in [`Shared`].
+pub struct Pipeline {
+    consumer: BaseConsumer<GroupContext>,
+    worker: Worker,
+}
+
+/// Everything downstream of the consumer: engine and scorer, the batch in progress, the producer
+/// and the commits. Apart from the consumer because each message borrows the consumer.
+struct Worker {
+    output: Output,
+    engine: Engine,
+    scorer: Scorer,
+    batch: Batch,
+    commits: Commits,
+    shared: Arc<Shared>,
+    config: Config,
+}
+
+impl Pipeline {
+    /// Connects the clients and subscribes; the model is already loaded.
+    pub fn new(
+        config: Config,
+        scorer: Scorer,
+        shared: Arc<Shared>,
+    ) -> Result<Pipeline, PipelineError> {
+        let (failed_tx, failed) = mpsc::channel();
+        let producer: OutputProducer = client_config(&config, &config.kafka.producer)
+            .create_with_context(DeliveryContext {
+                shared: shared.clone(),
+                failed: Mutex::new(failed_tx),
+            })?;
+        let producer = Arc::new(producer);
+
+        let mut consumer_config = client_config(&config, &config.kafka.consumer);
+        consumer_config
+            .set("group.id", &config.kafka.group_id)
+            // Offsets are ours to commit, after the output is acknowledged.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        let consumer: BaseConsumer<GroupContext> =
+            consumer_config.create_with_context(GroupContext {
+                shared: shared.clone(),
+                producer: producer.clone(),
+                input_topic: config.kafka.input_topic.clone(),
+                revoked: Mutex::default(),
+            })?;
+        consumer.subscribe(&[&config.kafka.input_topic])?;
+
+        let model = scorer.model();
+        shared
+            .metrics
+            .model_info
+            .with_label_values(&[model.version()])
+            .set(1);
+        let engine = Engine::new(
+            model.spec().clone(),
+            &config.engine.engine_config(),
+            shared.store.clone(),
+        );
+        shared.health.model_loaded();
+        let worker = Worker {
+            output: Output::new(producer, failed),
+            engine,
+            scorer,
+            batch: Batch::with_capacity(config.model.max_batch),
+            commits: Commits::new(
+                config.kafka.input_topic.clone(),
+                config.kafka.commit_interval,
+            ),
+            shared,
+            config,
+        };
+        Ok(Pipeline { consumer, worker })
+    }
+
+    /// Runs until `stop` is set, then finishes what is in flight, flushes and commits. On a fatal
+    /// error it still commits what was acknowledged before returning the error.
+    pub fn run(self, stop: &AtomicBool) -> Result<(), PipelineError> {
+        let Pipeline {
+            consumer,
+            mut worker,
+        } = self;
+        let result = worker.consume(&consumer, stop);
+        if let Err(e) = &result {
+            error!(error = %e, "pipeline failed");
+        }
+        worker.shutdown(&consumer, result.is_ok(), stop);
+        result
+    }
+}
+
+impl Worker {
+    fn consume(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        stop: &AtomicBool,
+    ) -> Result<(), PipelineError> {
+        let (max_batch, max_wait) = (self.config.model.max_batch, self.config.model.max_wait);
+        let mut batch_deadline = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let timeout = if self.batch.is_empty() {
+                POLL_IDLE
+            } else {
+                batch_deadline.saturating_duration_since(Instant::now())
+            };
+            let polled = consumer.poll(timeout);
+            self.drop_revoked(consumer);
+            match polled {
+                Some(Ok(msg)) => {
+                    if self.batch.is_empty() {
+                        batch_deadline = Instant::now() + max_wait;
+                    }
+                    self.take(&msg, stop)?;
+                    // With max_wait zero the batch is what poll(0) hands over back to back,
+                    // scored as soon as poll finds nothing more already fetched.
+                    let waited_enough = !max_wait.is_zero() && Instant::now() >= batch_deadline;
+                    if self.batch.len() >= max_batch || waited_enough {
+                        self.flush_batch(stop)?;
+                    }
+                }
+                Some(Err(e)) => warn!(error = %e, "consumer error"),
+                // Nothing more ready within max_wait: score what there is now.
+                None => self.flush_batch(stop)?,
+            }
+            self.resend_failed(stop)?;
+            self.commits.tick(consumer, &self.shared);
+        }
+        Ok(())
+    }
+
+    /// A rebalance inside `poll` revoked partitions and committed their acknowledged offsets:
+    /// what is still batched of them belongs to their next owner.
+    fn drop_revoked(&mut self, consumer: &BaseConsumer<GroupContext>) {
+        let revoked = consumer.context().take_revoked();
+        if revoked.is_empty() {
+            return;
+        }
+        let dropped = self.batch.drop_partitions(&revoked);
+        if dropped > 0 {
+            info!(
+                dropped,
+                ?revoked,
+                "batched transactions of revoked partitions left to their next owner"
+            );
+        }
+    }
+
+    /// Decode, update windows, features: into the batch; or straight to the dead-letter topic.
+    fn take(&mut self, msg: &BorrowedMessage<'_>, stop: &AtomicBool) -> Result<(), PipelineError> {
+        let (partition, offset) = (msg.partition(), msg.offset());
+        let consumed_at = Instant::now();
+        self.shared.offsets().consumed(partition, offset);
+        let value = msg.payload().unwrap_or_default();
+        match self.engine.prepare(partition, msg.key(), value) {
+            Ok(prepared) => {
+                let source = Source {
+                    partition,
+                    offset,
+                    headers: msg.headers().map(|h| h.detach()),
+                    consumed_at,
+                };
+                self.batch.push(prepared, source);
+                Ok(())
+            }
+            Err(rejection) => self.dead_letter(msg, &rejection, consumed_at, stop),
+        }
+    }
+
+    /// The original key, value and headers, plus the reason, error and source headers.
+    fn dead_letter(
+        &self,
+        msg: &BorrowedMessage<'_>,
+        rejection: &Rejection,
+        consumed_at: Instant,
+        stop: &AtomicBool,
+    ) -> Result<(), PipelineError> {
+        let reason = rejection.reason.code();
+        let source = SourceRef {
+            partition: msg.partition(),
+            offset: msg.offset(),
+        };
+        debug!(reason, error = %rejection.message, partition = source.partition, offset = source.offset, "dead-lettered");
+        self.shared.metrics.dlq.with_label_values(&[reason]).inc();
+        let input_headers = msg.headers().map(|h| h.detach()).unwrap_or_default();
+        let headers = self.dlq_headers(input_headers, reason, &rejection.message, source);
+        let record = Record {
+            topic: &self.config.kafka.dlq_topic,
+            key: msg.key(),
+            payload: msg.payload(),
+            headers: Some(headers),
+        };
+        let delivery = Delivery {
+            partition: source.partition,
+            offset: source.offset,
+            consumed_at,
+            outcome: Outcome::DeadLettered,
+        };
+        self.emit(record, delivery, stop)
+    }
+
+    /// One inference call for the batch, then one output per transaction.
+    fn flush_batch(&mut self, stop: &AtomicBool) -> Result<(), PipelineError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.batch.score(&mut self.scorer)?;
+        let m = &self.shared.metrics;
+        m.inference_seconds.observe(started.elapsed().as_secs_f64());
+        m.batch_size.observe(self.batch.len() as f64);
+        let scored_at = EventTime::now();
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut result = Ok(());
+        for (prepared, source, verdict) in batch.drain() {
+            let value = output::scored(
+                self.engine.spec(),
+                &prepared,
+                Some((verdict, self.scorer.model().version())),
+                scored_at,
+            );
+            self.observe_scored(&prepared, scored_at);
+            let record = Record {
+                topic: &self.config.kafka.output_topic,
+                key: Some(prepared.transaction.customer_id.as_str().as_bytes()),
+                payload: Some(&value),
+                headers: source.headers,
+            };
+            let delivery = Delivery {
+                partition: source.partition,
+                offset: source.offset,
+                consumed_at: source.consumed_at,
+                outcome: Outcome::Scored,
+            };
+            if let Err(e) = self.emit(record, delivery, stop) {
+                result = Err(e);
+                break;
+            }
+        }
+        // The batch goes back (emptied, what was left unsent is re-scored after a restart), so
+        // its capacity is kept either way.
+        self.batch = batch;
+        self.batch.clear();
+        result
+    }
+
+    fn observe_scored(&self, prepared: &Prepared, scored_at: EventTime) {
+        let m = &self.shared.metrics;
+        let lag_ms = scored_at.millis() - prepared.transaction.timestamp.millis();
+        m.event_lag_seconds.observe(lag_ms.max(0) as f64 / 1000.0);
+        if prepared.duplicate {
+            m.duplicates.inc();
+        }
+    }
+
+    /// Sends one output. A record the producer can never take as it is goes to the dead-letter
+    /// topic truncated; a fatal producer error stops the pipeline; a stop leaves it uncommitted.
+    fn emit(
+        &self,
+        record: Record<'_>,
+        delivery: Delivery,
+        stop: &AtomicBool,
+    ) -> Result<(), PipelineError> {
+        let (topic, key, payload) = (record.topic, record.key, record.payload);
+        match self.output.send(record, delivery, stop) {
+            Ok(()) | Err(SendError::Stopped) => Ok(()),
+            Err(SendError::Fatal(e)) => Err(PipelineError::ProducerFatal(e)),
+            Err(SendError::Refused(error)) => {
+                let why = describe_refusal(topic, key, payload, &error);
+                self.dead_letter_truncated(key, payload, &why, delivery, error, stop)
+            }
+        }
+    }
+
+    /// The last resort for a record the producer refuses: reason `oversized`, key and value cut
+    /// to [`TRUNCATED_BYTES`], no input headers, still naming the source message.
+    fn dead_letter_truncated(
+        &self,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        why: &str,
+        delivery: Delivery,
+        error: KafkaError,
+        stop: &AtomicBool,
+    ) -> Result<(), PipelineError> {
+        let source = SourceRef {
+            partition: delivery.partition,
+            offset: delivery.offset,
+        };
+        warn!(partition = source.partition, offset = source.offset, %error, "output refused by the producer; dead-lettering it truncated");
+        let reason = RejectReason::Oversized.code();
+        let m = &self.shared.metrics;
+        m.dlq.with_label_values(&[reason]).inc();
+        m.outputs_truncated.inc();
+        let headers = self.dlq_headers(OwnedHeaders::new(), reason, why, source);
+        let record = Record {
+            topic: &self.config.kafka.dlq_topic,
+            key: key.map(|k| &k[..k.len().min(TRUNCATED_BYTES)]),
+            payload: payload.map(|v| &v[..v.len().min(TRUNCATED_BYTES)]),
+            headers: Some(headers),
+        };
+        let delivery = Delivery {
+            outcome: Outcome::DeadLettered,
+            ..delivery
+        };
+        match self.output.send(record, delivery, stop) {
+            Ok(()) | Err(SendError::Stopped) => Ok(()),
+            Err(SendError::Fatal(e)) => Err(PipelineError::ProducerFatal(e)),
+            Err(SendError::Refused(_)) => Err(PipelineError::Undeliverable {
+                partition: source.partition,
+                offset: source.offset,
+                error,
+            }),
+        }
+    }
+
+    fn dlq_headers(
+        &self,
+        headers: OwnedHeaders,
+        reason: &str,
+        error: &str,
+        source: SourceRef,
+    ) -> OwnedHeaders {
+        headers
+            .insert(header(headers::DLQ_REASON, reason))
+            .insert(header(headers::DLQ_ERROR, truncate(error, TRUNCATED_BYTES)))
+            .insert(header(
+                headers::SOURCE_TOPIC,
+                &self.config.kafka.input_topic,
+            ))
+            .insert(header(
+                headers::SOURCE_PARTITION,
+                &source.partition.to_string(),
+            ))
+            .insert(header(headers::SOURCE_OFFSET, &source.offset.to_string()))
+    }
+
+    /// Deliveries the producer gave up on: produced again, unless they can never succeed
+    /// (dead-lettered truncated) or their partition was revoked meanwhile (its next owner redoes them).
+    fn resend_failed(&self, stop: &AtomicBool) -> Result<(), PipelineError> {
+        let failed: Vec<_> = self.output.failed().collect();
+        for f in failed {
+            let d = f.delivery;
+            if !self.shared.offsets().is_in_flight(d.partition, d.offset) {
+                continue;
+            }
+            match classify(&f.error) {
+                ErrorKind::Fatal => return Err(PipelineError::ProducerFatal(f.error)),
+                ErrorKind::Permanent => {
+                    let why = describe_refusal(
+                        &f.topic,
+                        f.key.as_deref(),
+                        f.payload.as_deref(),
+                        &f.error,
+                    );
+                    self.dead_letter_truncated(
+                        f.key.as_deref(),
+                        f.payload.as_deref(),
+                        &why,
+                        d,
+                        f.error,
+                        stop,
+                    )?;
+                }
+                ErrorKind::QueueFull | ErrorKind::Retriable => {
+                    warn!(error = %f.error, topic = f.topic, partition = d.partition, offset = d.offset, "delivery failed; producing again");
+                    self.shared.metrics.produce_retries.inc();
+                    let record = Record {
+                        topic: &f.topic,
+                        key: f.key.as_deref(),
+                        payload: f.payload.as_deref(),
+                        headers: f.headers,
+                    };
+                    self.emit(record, d, stop)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Scores what is batched (unless the producer is gone), waits for deliveries up to
+    /// [`FLUSH_TIMEOUT`], and commits what was acknowledged. Bounded in time whatever happens.
+    fn shutdown(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        producer_usable: bool,
+        stop: &AtomicBool,
+    ) {
+        info!("stopping: scoring what is in flight, flushing and committing");
+        if producer_usable {
+            // Sends give up at once when `stop` is set; with the pipeline stopping on its own
+            // accord (an error) `stop` may be clear, so use a flag that is set.
+            let stopping = AtomicBool::new(stop.load(Ordering::Relaxed));
+            if let Err(e) = self.flush_batch(&stopping) {
+                warn!(error = %e, "scoring the last batch failed; it is re-scored after a restart");
+            }
+            let deadline = Instant::now() + FLUSH_TIMEOUT;
+            loop {
+                use rdkafka::producer::Producer;
+                let _ = self.output.producer().flush(Duration::from_millis(200));
+                if let Err(e) = self.resend_failed(&stopping) {
+                    warn!(error = %e, "re-sending failed outputs at shutdown");
+                    break;
+                }
+                if self.shared.offsets().in_flight() == 0 || Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+        let left = self.shared.offsets().in_flight();
+        if left > 0 {
+            warn!(left, "outputs not acknowledged at shutdown; their inputs stay uncommitted and will be re-scored");
+        }
+        self.commits.last(consumer, &self.shared);
+        info!("stopped");
+    }
+}
+
+/// The error header of a record the producer refused.
+fn describe_refusal(
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    error: &KafkaError,
+) -> String {
+    let len = |b: Option<&[u8]>| b.map_or(0, <[u8]>::len);
+    format!(
+        "the output to {topic} ({} key bytes, {} value bytes, with the input's headers) was refused by the producer: {error}; dead-lettered with key and value cut to {TRUNCATED_BYTES} bytes and without the input's headers",
+        len(key),
+        len(payload)
+    )
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+    Header {
+        key,
+        value: Some(value),
+    }
+}

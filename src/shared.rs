@@ -1,0 +1,93 @@
+//! State shared by the pipeline thread, the Kafka client callbacks and the HTTP server.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fraudscore_contract::OffsetTracker;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// What `/readyz` reports.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Set once by `Pipeline::new` after the model is loaded; read by `/readyz`.
+    model_loaded: AtomicBool,
+    /// Input partitions this instance holds. Written by the rebalance callbacks (on the pipeline
+    /// thread, inside `poll`), read by `/readyz`. A set, not a flag: a cooperative rebalance
+    /// revokes some partitions and keeps the others.
+    assigned: Mutex<BTreeSet<i32>>,
+}
+
+impl Health {
+    pub fn model_loaded(&self) {
+        self.model_loaded.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_model_loaded(&self) -> bool {
+        self.model_loaded.load(Ordering::Relaxed)
+    }
+
+    pub fn assigned(&self, partitions: &[i32]) {
+        self.partitions().extend(partitions);
+    }
+
+    pub fn revoked(&self, partitions: &[i32]) {
+        let mut held = self.partitions();
+        for p in partitions {
+            held.remove(p);
+        }
+    }
+
+    /// Partitions held now, ascending.
+    pub fn held(&self) -> Vec<i32> {
+        self.partitions().iter().copied().collect()
+    }
+
+    pub fn has_partitions(&self) -> bool {
+        !self.partitions().is_empty()
+    }
+
+    fn partitions(&self) -> MutexGuard<'_, BTreeSet<i32>> {
+        // The set stays consistent even if a holder panicked: every update is one call.
+        self.assigned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Everything more than one thread touches; see each field for who writes and who reads it.
+pub struct Shared {
+    /// Written by the pipeline thread and both client callbacks; read by `/metrics`.
+    pub metrics: Metrics,
+    /// Written by the pipeline thread (the engine) and the rebalance callback (release on
+    /// revocation); read by `/customers/{id}` and the state gauges.
+    pub store: Arc<Store>,
+    pub health: Health,
+    /// Written by the pipeline thread (consumed), the delivery callback (acknowledged) and the
+    /// rebalance and commit callbacks (forget, commit failed); read when committing.
+    offsets: Mutex<OffsetTracker>,
+}
+
+impl Shared {
+    pub fn new(metrics: Metrics, store: Arc<Store>) -> Arc<Shared> {
+        Arc::new(Shared {
+            metrics,
+            store,
+            health: Health::default(),
+            offsets: Mutex::default(),
+        })
+    }
+
+    /// The Prometheus text, with the state gauges read at this moment.
+    pub fn render_metrics(&self) -> String {
+        let m = &self.metrics;
+        m.customers.set(self.store.customers() as i64);
+        m.window_events.set(self.store.window_events());
+        m.render()
+    }
+
+    pub fn offsets(&self) -> MutexGuard<'_, OffsetTracker> {
+        // A panic elsewhere must not stop deliveries being recorded: the data is still consistent.
+        self.offsets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -140,6 +140,10 @@ pub struct EngineSection {
     pub allowed_lateness: Duration,
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    #[serde(default = "default_max_future_skew", deserialize_with = "duration")]
+    pub max_future_skew: Duration,
+    #[serde(default = "default_eviction_interval", deserialize_with = "duration")]
+    pub eviction_interval: Duration,
 }
 
 impl Default for EngineSection {
@@ -147,15 +151,20 @@ impl Default for EngineSection {
         EngineSection {
             allowed_lateness: default_lateness(),
             max_message_bytes: default_max_message_bytes(),
+            max_future_skew: default_max_future_skew(),
+            eviction_interval: default_eviction_interval(),
         }
     }
 }
 
 impl EngineSection {
-    pub fn engine_config(&self) -> EngineConfig {
+    /// The engine's settings; `require_key` depends on the input topic, not on this section.
+    pub fn engine_config(&self, require_key: bool) -> EngineConfig {
         EngineConfig {
             max_message_bytes: self.max_message_bytes,
             allowed_lateness: self.allowed_lateness,
+            max_future_skew: self.max_future_skew,
+            require_key,
         }
     }
 }
@@ -163,14 +172,38 @@ impl EngineSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
+    /// `/metrics`, `/healthz`, `/readyz`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// `/customers/{id}`: off unless set.
+    #[serde(default)]
+    pub lookup_listen: Option<SocketAddr>,
+    /// Bearer token the lookup listener requires; best set from the environment.
+    #[serde(default)]
+    pub lookup_token: Option<String>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_header_read_timeout", deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: default_listen(),
+            lookup_listen: None,
+            lookup_token: None,
+            max_connections: default_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> crate::http::Limits {
+        crate::http::Limits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
         }
     }
 }
@@ -237,8 +270,20 @@ fn default_lateness() -> Duration {
 fn default_max_message_bytes() -> usize {
     EngineConfig::default().max_message_bytes
 }
+fn default_max_future_skew() -> Duration {
+    EngineConfig::default().max_future_skew
+}
+fn default_eviction_interval() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+fn default_max_connections() -> usize {
+    64
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_level() -> String {
     "info".into()
@@ -297,6 +342,9 @@ impl Config {
 
     fn check(&self) -> Result<(), String> {
         let m = &self.model;
+        if self.http.max_connections == 0 {
+            return Err("http.max_connections must be at least 1".into());
+        }
         if m.max_batch == 0 {
             return Err("model.max_batch must be at least 1".into());
         }
@@ -372,8 +420,12 @@ mod tests {
         assert_eq!(c.kafka.group_id, "fraudscore");
         assert_eq!(c.kafka.processing_guarantee, Guarantee::AtLeastOnce);
         assert_eq!(c.http.listen, default_listen());
+        assert_eq!(c.http.lookup_listen, None);
+        assert_eq!(c.http.max_connections, 64);
         assert_eq!(c.engine.allowed_lateness, Duration::from_secs(3600));
         assert_eq!(c.engine.max_message_bytes, 65536);
+        assert_eq!(c.engine.max_future_skew, Duration::from_secs(300));
+        assert_eq!(c.engine.eviction_interval, Duration::from_secs(10));
         assert!(c.kafka.consumer.contains_key("fetch.wait.max.ms"));
     }
 

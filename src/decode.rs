@@ -95,11 +95,15 @@ pub fn decode(
     let transaction = raw.validate()?;
     if let Some(key) = key {
         if key != transaction.customer_id.as_str().as_bytes() {
+            // The key is the client's bytes: quote a bounded prefix of it, never all of it.
+            let shown = String::from_utf8_lossy(&key[..key.len().min(MAX_ID_BYTES)]);
             return Err(Rejection::new(
-                RejectReason::InvalidField,
+                RejectReason::InvalidKey,
                 format!(
-                    "message key {:?} differs from customer_id {:?}",
-                    String::from_utf8_lossy(key),
+                    "message key {:?}{} ({} bytes) differs from customer_id {:?}",
+                    shown,
+                    if key.len() > MAX_ID_BYTES { "..." } else { "" },
+                    key.len(),
                     transaction.customer_id.as_str()
                 ),
             ));
@@ -481,8 +485,14 @@ mod tests {
         let json = br#"{"transaction_id": "a", "customer_id": "c-1", "amount": 1, "timestamp": 1000000000000}"#;
         assert!(decode(Some(b"c-1"), json, MAX).is_ok());
         let r = decode(Some(b"c-2"), json, MAX).unwrap_err();
-        assert_eq!(r.reason, RejectReason::InvalidField);
+        assert_eq!(r.reason, RejectReason::InvalidKey);
         assert!(r.message.contains("customer_id"), "{}", r.message);
+        // A long binary key is quoted in part, so the error header stays small.
+        let long = vec![0xffu8; 500_000];
+        let r = decode(Some(&long), json, MAX).unwrap_err();
+        assert_eq!(r.reason, RejectReason::InvalidKey);
+        assert!(r.message.len() < 1024, "{} bytes", r.message.len());
+        assert!(r.message.contains("500000 bytes"), "{}", r.message);
     }
 
     #[test]

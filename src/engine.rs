@@ -9,14 +9,22 @@ use crate::decode::{self, RejectReason, Rejection, Transaction};
 use crate::features::{FeatureSpec, Features};
 use crate::model::{Model, ModelError};
 use crate::store::Store;
+use crate::time::EventTime;
 use crate::window::{Admission, Retention, WindowStats};
 
 /// Settings of the engine that shape its answers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     pub max_message_bytes: usize,
-    /// How far behind a customer's newest event an event may arrive and still be scored.
+    /// How far behind the newest event of its partition an event may arrive (beyond the longest
+    /// window) and still be scored.
     pub allowed_lateness: Duration,
+    /// How far ahead of the wall clock a timestamp may be: one event from the future would
+    /// otherwise push its partition's clock ahead and make real traffic look late.
+    pub max_future_skew: Duration,
+    /// With more than one input partition a message must carry its customer id as key: a
+    /// null key would spread one customer's history over several partitions and instances.
+    pub require_key: bool,
 }
 
 impl Default for EngineConfig {
@@ -24,6 +32,8 @@ impl Default for EngineConfig {
         EngineConfig {
             max_message_bytes: fraudscore_contract::DEFAULT_MAX_MESSAGE_BYTES,
             allowed_lateness: Duration::from_secs(3600),
+            max_future_skew: Duration::from_secs(300),
+            require_key: false,
         }
     }
 }
@@ -42,6 +52,8 @@ pub struct Engine {
     spec: Arc<FeatureSpec>,
     retention: Retention,
     max_message_bytes: usize,
+    max_future_skew_ms: i64,
+    require_key: bool,
     store: Arc<Store>,
     stats: Vec<WindowStats>,
 }
@@ -54,6 +66,9 @@ impl Engine {
             retention: Retention::new(spec.longest_window(), lateness_ms),
             spec: Arc::new(spec),
             max_message_bytes: config.max_message_bytes,
+            max_future_skew_ms: i64::try_from(config.max_future_skew.as_millis())
+                .unwrap_or(i64::MAX / 4),
+            require_key: config.require_key,
             store,
             stats: Vec::new(),
         }
@@ -75,8 +90,35 @@ impl Engine {
         value: &[u8],
     ) -> Result<Prepared, Rejection> {
         let transaction = decode::decode(key, value, self.max_message_bytes)?;
-        let tx_hash = xxhash_rust::xxh3::xxh3_64(transaction.transaction_id.as_bytes());
+        // After decoding, so that a message that is also malformed says so first.
+        if key.is_none() && self.require_key {
+            return Err(Rejection::new(
+                RejectReason::InvalidKey,
+                "the message has no key: with more than one input partition the key must be the customer_id, or the customer's history would be split",
+            ));
+        }
         let (at, amount) = (transaction.timestamp, transaction.amount);
+        let now = EventTime::now();
+        if at.millis() > now.millis() + self.max_future_skew_ms {
+            return Err(Rejection::new(
+                RejectReason::TimestampOutOfRange,
+                format!(
+                    "`timestamp` {at} is more than max_future_skew = {} ms ahead of the wall clock ({now})",
+                    self.max_future_skew_ms
+                ),
+            ));
+        }
+        self.store
+            .admit(partition, at, self.retention.horizon_ms())
+            .map_err(|newest| {
+                Rejection::new(
+                    RejectReason::TooLate,
+                    format!(
+                        "`timestamp` {at} is older than the newest event of input partition {partition} ({newest}) minus the longest window and the allowed lateness"
+                    ),
+                )
+            })?;
+        let tx_hash = self.store.id_hash(&transaction.transaction_id);
         let (retention, windows, stats) = (&self.retention, self.spec.windows(), &mut self.stats);
         let admission = self
             .store
@@ -260,5 +302,134 @@ mod tests {
         assert_eq!(t.decide(0.3), Decision::Review);
         assert_eq!(t.decide(0.79), Decision::Review);
         assert_eq!(t.decide(0.8), Decision::Decline);
+    }
+
+    fn now_ms() -> i64 {
+        EventTime::now().millis()
+    }
+
+    fn tx_at(id: &str, customer: &str, amount: f64, ms: i64) -> Vec<u8> {
+        format!(r#"{{"transaction_id":"{id}","customer_id":"{customer}","amount":{amount},"timestamp":{ms}}}"#).into_bytes()
+    }
+
+    #[test]
+    fn a_timestamp_beyond_the_future_skew_is_out_of_range_and_moves_nothing() {
+        let mut e = engine(&["customer_tx_count_1h"], Duration::from_secs(3600));
+        let now = now_ms();
+        // Within the skew: accepted.
+        e.prepare(0, None, &tx_at("a", "c", 1.0, now + 60_000))
+            .unwrap();
+        let r = e
+            .prepare(0, None, &tx_at("b", "c", 1.0, now + 3_600_000))
+            .unwrap_err();
+        assert_eq!(r.reason, RejectReason::TimestampOutOfRange);
+        assert!(r.message.contains("max_future_skew"), "{}", r.message);
+        // Real traffic of an hour ago is still within the longest window plus lateness.
+        let p = e
+            .prepare(0, None, &tx_at("c", "c", 1.0, now - 3_000_000))
+            .unwrap();
+        assert!(!p.duplicate);
+    }
+
+    #[test]
+    fn two_transactions_in_one_millisecond_are_both_counted_even_when_their_ids_collide_on_22_bits()
+    {
+        // Two ids whose unkeyed 64-bit hashes agree on the 22 bits the windows used to keep:
+        // the old scheme took the second for a re-delivery of the first.
+        let mut seen = std::collections::HashMap::new();
+        let (a, b) = (0u64..)
+            .map(|i| format!("tx-{i}"))
+            .find_map(|id| {
+                let low = xxhash_rust::xxh3::xxh3_64(id.as_bytes()) & ((1 << 22) - 1);
+                seen.insert(low, id.clone()).map(|other| (other, id))
+            })
+            .unwrap();
+        let mut e = engine(&["customer_tx_count_1h"], Duration::from_secs(3600));
+        let at = now_ms() - 1000;
+        let first = e.prepare(0, None, &tx_at(&a, "c", 5.0, at)).unwrap();
+        let second = e.prepare(0, None, &tx_at(&b, "c", 5.0, at)).unwrap();
+        assert!(!first.duplicate && !second.duplicate, "{a} and {b}");
+        assert_eq!(second.features.values(), [2.0, 5.0, 2.0]);
+        // A true re-delivery is still recognised.
+        assert!(
+            e.prepare(0, None, &tx_at(&b, "c", 5.0, at))
+                .unwrap()
+                .duplicate
+        );
+    }
+
+    #[test]
+    fn a_null_key_is_invalid_when_keys_are_required() {
+        let config = EngineConfig {
+            require_key: true,
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(
+            FeatureSpec::for_model::<&str>(&[]).unwrap(),
+            &config,
+            Arc::new(Store::default()),
+        );
+        let value = tx_at("a", "c", 1.0, now_ms());
+        let r = e.prepare(0, None, &value).unwrap_err();
+        assert_eq!(r.reason, RejectReason::InvalidKey);
+        assert!(e.prepare(0, Some(b"c"), &value).is_ok());
+        let r = e.prepare(0, Some(b"d"), &value).unwrap_err();
+        assert_eq!(r.reason, RejectReason::InvalidKey);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Evicting idle customers as often as possible changes no answer: every event gets the
+        /// same features, or the same rejection, as in an engine that never evicts. Customers
+        /// come and go over hours against 10- and 60-minute windows; events arrive out of order.
+        #[test]
+        fn eviction_changes_no_answer(
+            events in proptest::collection::vec((0u8..6, 0i64..600, -90i64..30), 1..300),
+            lateness_min in 0i64..30,
+        ) {
+            let features = ["customer_tx_count_10m", "customer_sum_amount_1h"];
+            let lateness = Duration::from_secs(lateness_min as u64 * 60);
+            let (mut evicting, mut keeping) = (engine(&features, lateness), engine(&features, lateness));
+            let span = Retention::new(evicting.spec().longest_window(), lateness_min * 60_000).span_ms();
+            // Far enough back that no event reaches the future-skew limit.
+            let start = now_ms() - 40 * 86_400_000;
+            let mut clock = 0i64;
+            for (i, (customer, step, jitter)) in events.into_iter().enumerate() {
+                // Time mostly moves forward, with events up to 90 minutes late.
+                clock += step;
+                let at = start + (clock + jitter).max(0) * 60_000 / 4;
+                let value = tx_at(&format!("t{i}"), &format!("c{customer}"), (i % 7) as f64, at);
+                let got = evicting.prepare(0, None, &value).map(|p| p.features.values().to_vec());
+                let want = keeping.prepare(0, None, &value).map(|p| p.features.values().to_vec());
+                proptest::prop_assert_eq!(
+                    got.as_ref().map_err(|r| r.reason),
+                    want.as_ref().map_err(|r| r.reason)
+                );
+                evicting.store().evict_idle(span);
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_of_new_customers_levels_off() {
+        let mut e = engine(&["customer_tx_count_10m"], Duration::from_secs(600));
+        let span = Retention::new(e.spec().longest_window(), 600_000).span_ms();
+        let start = now_ms() - 51 * 86_400_000;
+        let mut most = 0;
+        // A new customer every 10 minutes for 50 days of event time: 7,200 customers.
+        for i in 0..7_200i64 {
+            let at = start + i * 600_000;
+            e.prepare(0, None, &tx_at(&format!("t{i}"), &format!("c{i}"), 1.0, at))
+                .unwrap();
+            if i % 60 == 0 {
+                e.store().evict_idle(span);
+            }
+            most = most.max(e.store().customers());
+        }
+        // The longest window is the always-present 7 days: the span is 14 days and 10 minutes,
+        // 2,017 customers at one per 10 minutes, plus one eviction period.
+        assert!(most <= 2_017 + 61, "held up to {most} customers");
+        assert!(most >= 2_017, "evicted customers still in reach: {most}");
+        assert_eq!(e.store().window_events(), e.store().customers() as i64);
     }
 }

@@ -1,13 +1,21 @@
-//! The HTTP side: Prometheus metrics, health and readiness, and point lookups of a customer's windows.
+//! The HTTP side: Prometheus metrics, health and readiness on one listener; point lookups of a
+//! customer's windows on another, off unless configured.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
 
 use crate::features::FeatureSpec;
 use crate::shared::Shared;
@@ -16,26 +24,82 @@ use crate::shared::Shared;
 struct AppState {
     shared: Arc<Shared>,
     spec: Arc<FeatureSpec>,
+    /// The bearer token the lookup listener requires, if any.
+    token: Option<Arc<str>>,
 }
 
-pub fn router(shared: Arc<Shared>, spec: Arc<FeatureSpec>) -> Router {
+/// What every listener bounds: open connections, and how long a client may take to send its
+/// request headers (a slow or idle client cannot hold a connection for ever).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// The operations listener: `/metrics`, `/healthz`, `/readyz`. Safe to expose to the scraper.
+pub fn ops_router(shared: Arc<Shared>, spec: Arc<FeatureSpec>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/customers/{customer_id}", get(customer))
-        .with_state(AppState { shared, spec })
+        .with_state(AppState {
+            shared,
+            spec,
+            token: None,
+        })
 }
 
-/// Serves until `shutdown` resolves.
+/// The lookup listener: `/customers/{id}`, which shows a customer's spend, so it is on a port of
+/// its own and, with a token configured, answers only `Authorization: Bearer <token>`.
+pub fn lookup_router(shared: Arc<Shared>, spec: Arc<FeatureSpec>, token: Option<String>) -> Router {
+    Router::new()
+        .route("/customers/{customer_id}", get(customer))
+        .with_state(AppState {
+            shared,
+            spec,
+            token: token.map(Arc::from),
+        })
+}
+
+/// Serves until `shutdown` resolves. Past `max_connections` a new connection is closed at once.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors and the like: wait, rather than spin or stop serving.
+                Err(e) => {
+                    warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            debug!("HTTP connection closed: at max_connections");
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                debug!(error = %e, "HTTP connection ended");
+            }
+        });
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -61,23 +125,48 @@ async fn readyz(State(s): State<AppState>) -> Response {
 }
 
 /// The customer's windows as of its newest event, like a ksqlDB pull query on the aggregate table.
-async fn customer(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    let Some(windows) = s.shared.store.customer(&id) else {
+/// Read in place on a blocking thread: a hot customer's array is neither copied nor scanned on
+/// the async runtime.
+async fn customer(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(token) = &s.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !same(given.as_bytes(), token.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({"error": "a valid bearer token is required"})),
+            )
+                .into_response();
+        }
+    }
+    let (store, spec, key) = (s.shared.store.clone(), s.spec.clone(), id.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        store.read_customer(&key, |windows| {
+            let newest = windows.newest()?;
+            let mut stats = Vec::new();
+            windows.stats(newest, spec.windows(), &mut stats);
+            Some((newest, windows.len(), stats))
+        })
+    })
+    .await
+    .ok()
+    .flatten()
+    .flatten();
+    let Some((newest, held, stats)) = found else {
         return (
             StatusCode::NOT_FOUND,
             Json(json!({"error": format!("unknown customer {id:?}")})),
         )
             .into_response();
     };
-    let Some(newest) = windows.newest() else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": format!("no events for customer {id:?}")})),
-        )
-            .into_response();
-    };
-    let mut stats = Vec::new();
-    windows.stats(newest, s.spec.windows(), &mut stats);
     let mut features = Map::new();
     for (w, st) in s.spec.windows().iter().zip(&stats) {
         features.insert(format!("customer_tx_count_{w}"), json!(st.count));
@@ -87,8 +176,107 @@ async fn customer(State(s): State<AppState>, Path(id): Path<String>) -> Response
     Json(json!({
         "customer_id": id,
         "as_of": newest.to_string(),
-        "events_held": windows.len(),
+        "events_held": held,
         "features": Value::Object(features),
     }))
     .into_response()
+}
+
+/// Compares in a time that does not depend on where the bytes differ, so the token cannot be
+/// guessed byte by byte from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Instant;
+
+    use crate::metrics::Metrics;
+    use crate::store::Store;
+
+    /// Serves `router` on a free port of a runtime of its own; the runtime lives with the guard.
+    fn serve_on_port(router: Router, limits: Limits) -> (SocketAddr, tokio::runtime::Runtime) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt.spawn(serve(listener, router, limits, std::future::pending()));
+        (addr, rt)
+    }
+
+    fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let auth = auth.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    fn shared() -> (Arc<Shared>, Arc<FeatureSpec>) {
+        let spec = Arc::new(FeatureSpec::for_model::<&str>(&[]).unwrap());
+        (
+            Shared::new(Metrics::new(), Arc::new(Store::default())),
+            spec,
+        )
+    }
+
+    const LIMITS: Limits = Limits {
+        max_connections: 2,
+        header_read_timeout: Duration::from_millis(300),
+    };
+
+    #[test]
+    fn lookups_are_not_on_the_metrics_listener_and_need_the_token() {
+        let (shared, spec) = shared();
+        let (ops, _rt1) = serve_on_port(ops_router(shared.clone(), spec.clone()), LIMITS);
+        assert!(get(ops, "/customers/c-1", None).starts_with("HTTP/1.1 404"));
+        assert!(get(ops, "/healthz", None).starts_with("HTTP/1.1 200"));
+        let router = lookup_router(shared, spec, Some("s3cret".into()));
+        let (lookup, _rt2) = serve_on_port(router, LIMITS);
+        assert!(get(lookup, "/customers/c-1", None).starts_with("HTTP/1.1 401"));
+        assert!(get(lookup, "/customers/c-1", Some("s3cre")).starts_with("HTTP/1.1 401"));
+        // The right token: the customer is unknown, which is the honest answer.
+        let answer = get(lookup, "/customers/c-1", Some("s3cret"));
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        assert!(answer.contains("unknown customer"), "{answer}");
+    }
+
+    #[test]
+    fn a_silent_client_is_cut_off_and_connections_are_capped() {
+        let (shared, spec) = shared();
+        let (addr, _rt) = serve_on_port(ops_router(shared, spec), LIMITS);
+        // Two clients that connect and send nothing hold both connections...
+        let silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        // ...so a third is closed at once, without an answer.
+        let mut third = TcpStream::connect(addr).unwrap();
+        third
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = third.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "over the cap, the connection is closed");
+        // The silent ones are closed after the header-read timeout, and then there is room.
+        let started = Instant::now();
+        for mut s in silent {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.read(&mut buf);
+        }
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(4), "cut off after {waited:?}");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(get(addr, "/healthz", None).starts_with("HTTP/1.1 200"));
+    }
 }

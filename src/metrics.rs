@@ -31,6 +31,7 @@ pub struct Metrics {
     pub duplicates: IntCounter,
     pub commit_failures: IntCounter,
     pub outputs_truncated: IntCounter,
+    pub customers_evicted: IntCounter,
 }
 
 impl Metrics {
@@ -136,6 +137,11 @@ impl Metrics {
             "Outputs the producer refused as they were (e.g. too large), dead-lettered truncated as oversized",
         )
         .expect("valid metric");
+        let customers_evicted = IntCounter::new(
+            "fraudscore_customers_evicted_total",
+            "Customers removed from memory because their newest event is beyond every window's reach",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(transactions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(dlq.clone()),
@@ -152,6 +158,7 @@ impl Metrics {
             Box::new(duplicates.clone()),
             Box::new(commit_failures.clone()),
             Box::new(outputs_truncated.clone()),
+            Box::new(customers_evicted.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -179,6 +186,7 @@ impl Metrics {
             duplicates,
             commit_failures,
             outputs_truncated,
+            customers_evicted,
         }
     }
 

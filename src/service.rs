@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tracing::{error, info};
 
 use crate::config::Config;
@@ -16,6 +17,7 @@ use crate::model::{Model, ModelError};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::shared::Shared;
 use crate::store::Store;
+use crate::window::Retention;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -48,7 +50,8 @@ pub struct Service {
     pipeline: JoinHandle<Result<(), PipelineError>>,
     /// Resolves when the pipeline thread ends, however it ends (a drop guard sends it).
     pipeline_ended: oneshot::Receiver<()>,
-    http_stop: oneshot::Sender<()>,
+    /// Set to true to stop every HTTP listener.
+    http_stop: watch::Sender<bool>,
     runtime: tokio::runtime::Runtime,
     shared: Arc<Shared>,
     http_addr: SocketAddr,
@@ -84,26 +87,23 @@ impl Service {
             .thread_name("http")
             .enable_all()
             .build()?;
-        let addr = config.http.listen;
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(addr))
-            .map_err(|source| StartError::Listen { addr, source })?;
-        let http_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Listen { addr, source })?;
-        let (http_stop, stopped) = oneshot::channel::<()>();
-        let router = crate::http::router(shared.clone(), spec);
-        runtime.spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(e) = crate::http::serve(listener, router, shutdown).await {
-                error!(error = %e, "HTTP server failed");
-            }
-        });
-        info!(%http_addr, "HTTP listening: /metrics /healthz /readyz /customers/{{id}}");
+        let (http_stop, stopped) = watch::channel(false);
+        let limits = config.http.limits();
+        let ops = crate::http::ops_router(shared.clone(), spec.clone());
+        let http_addr = listen(&runtime, config.http.listen, ops, limits, stopped.clone())?;
+        info!(%http_addr, "HTTP listening: /metrics /healthz /readyz");
+        if let Some(addr) = config.http.lookup_listen {
+            let token = config.http.lookup_token.clone();
+            let lookups = crate::http::lookup_router(shared.clone(), spec.clone(), token);
+            let addr = listen(&runtime, addr, lookups, limits, stopped)?;
+            info!(%addr, token = config.http.lookup_token.is_some(), "HTTP listening: /customers/{{id}}");
+        }
 
         let brokers = config.kafka.brokers.clone();
+        let lateness_ms =
+            i64::try_from(config.engine.allowed_lateness.as_millis()).unwrap_or(i64::MAX / 4);
+        let span_ms = Retention::new(spec.longest_window(), lateness_ms).span_ms();
+        let eviction_interval = config.engine.eviction_interval;
         let pipeline = Pipeline::new(config, scorer, shared.clone())?;
         info!(%brokers, "consuming");
         let stop = Arc::new(AtomicBool::new(false));
@@ -114,6 +114,18 @@ impl Service {
             .spawn(move || {
                 let _ended = EndGuard(Some(ended_tx));
                 pipeline.run(&stop_flag)
+            })?;
+        let (store, evicted, stop_flag) = (
+            shared.store.clone(),
+            shared.metrics.customers_evicted.clone(),
+            stop.clone(),
+        );
+        std::thread::Builder::new()
+            .name("evictor".into())
+            .spawn(move || {
+                evict_until(&stop_flag, eviction_interval, || {
+                    evicted.inc_by(store.evict_idle(span_ms) as u64)
+                })
             })?;
         Ok(Service {
             stop,
@@ -158,10 +170,46 @@ impl Service {
     pub fn stop(self) -> Result<(), ServiceError> {
         self.stop.store(true, Ordering::Relaxed);
         let result = join(self.pipeline);
-        let _ = self.http_stop.send(());
-        self.runtime
-            .shutdown_timeout(std::time::Duration::from_secs(1));
+        let _ = self.http_stop.send(true);
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
         result
+    }
+}
+
+/// Binds `addr` and serves `router` on the runtime until `stop` turns true; returns the bound address.
+fn listen(
+    runtime: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    router: axum::Router,
+    limits: crate::http::Limits,
+    mut stop: watch::Receiver<bool>,
+) -> Result<SocketAddr, StartError> {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    runtime.spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        crate::http::serve(listener, router, limits, stopped).await;
+    });
+    Ok(bound)
+}
+
+/// Calls `evict` every `interval` until `stop` is set, off the pipeline thread so that a pass
+/// over a million customers never stalls scoring.
+fn evict_until(stop: &AtomicBool, interval: Duration, mut evict: impl FnMut()) {
+    let tick = Duration::from_millis(100).min(interval);
+    let mut next = Instant::now() + interval;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(tick);
+        if Instant::now() >= next {
+            evict();
+            next = Instant::now() + interval;
+        }
     }
 }
 

@@ -1,10 +1,14 @@
 //! All customers' window state, each customer owned by the input partition its key maps to.
 
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use dashmap::DashMap;
 
 use crate::decode::CustomerId;
+use crate::time::EventTime;
 use crate::window::CustomerWindows;
 
 #[derive(Debug, Default)]
@@ -13,12 +17,31 @@ struct Customer {
     windows: CustomerWindows,
 }
 
-/// Concurrent map from customer to windows: the pipeline writes, HTTP lookups read.
-/// foldhash: several times faster than SipHash on short ids, and seeded per process.
-#[derive(Debug, Default)]
+/// Concurrent map from customer to windows: the pipeline writes, HTTP lookups and the evictor
+/// read. foldhash: several times faster than SipHash on short ids, and seeded per process.
+#[derive(Debug)]
 pub struct Store {
     customers: DashMap<CustomerId, Customer, foldhash::fast::RandomState>,
+    /// Events held, kept by every writer of `customers`; read by the gauges.
     events: AtomicI64,
+    /// Per input partition, the newest event time accepted: written by the pipeline thread,
+    /// read by the evictor, cleared on revocation.
+    watermarks: Mutex<HashMap<i32, i64>>,
+    /// Seeds the transaction-id hashes, so that nobody outside can craft two ids that collide.
+    id_seed: u64,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        // Sharded finely, so that the evictor's pass over one shard blocks the pipeline briefly.
+        let hasher = foldhash::fast::RandomState::default();
+        Store {
+            customers: DashMap::with_hasher_and_shard_amount(hasher, 256),
+            events: AtomicI64::new(0),
+            watermarks: Mutex::default(),
+            id_seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64),
+        }
+    }
 }
 
 impl Store {
@@ -41,13 +64,56 @@ impl Store {
         r
     }
 
-    /// A copy of one customer's windows, for point lookups.
-    pub fn customer(&self, id: &str) -> Option<CustomerWindows> {
-        self.customers.get(id).map(|c| c.windows.clone())
+    /// Reads one customer's windows in place (no copy of a hot customer's array), for lookups.
+    pub fn read_customer<R>(&self, id: &str, f: impl FnOnce(&CustomerWindows) -> R) -> Option<R> {
+        self.customers.get(id).map(|c| f(&c.windows))
+    }
+
+    /// The keyed 64-bit hash of a transaction id, as the windows store it.
+    pub fn id_hash(&self, transaction_id: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(transaction_id.as_bytes(), self.id_seed)
+    }
+
+    /// Admits an event at `at` on `partition` unless it is older than `horizon_ms` before the
+    /// newest event accepted there; advances that newest time. `Err` carries the newest time.
+    pub fn admit(&self, partition: i32, at: EventTime, horizon_ms: i64) -> Result<(), EventTime> {
+        let mut marks = self.watermarks();
+        let mark = marks.entry(partition).or_insert(at.millis());
+        if at.millis() < *mark - horizon_ms {
+            return Err(EventTime::checked(*mark).unwrap_or(at));
+        }
+        *mark = (*mark).max(at.millis());
+        Ok(())
+    }
+
+    /// Removes customers whose newest event is at or before their partition's newest event
+    /// minus `span_ms`: no window of an event the partition still admits can reach them. Locks
+    /// one shard at a time, so the pipeline waits at most for one shard. Returns how many.
+    pub fn evict_idle(&self, span_ms: i64) -> usize {
+        let marks = self.watermarks().clone();
+        let before = self.customers.len();
+        self.customers.retain(|_, c| {
+            let (Some(newest), Some(mark)) = (c.windows.newest(), marks.get(&c.partition)) else {
+                return true;
+            };
+            let idle = newest.millis() <= mark - span_ms;
+            if idle {
+                self.events
+                    .fetch_sub(c.windows.len() as i64, Ordering::Relaxed);
+            }
+            !idle
+        });
+        before.saturating_sub(self.customers.len())
     }
 
     /// Drops the state of customers on partitions this instance no longer owns.
     pub fn release_partitions(&self, partitions: &[i32]) -> usize {
+        {
+            let mut marks = self.watermarks();
+            for p in partitions {
+                marks.remove(p);
+            }
+        }
         let before = self.customers.len();
         self.customers.retain(|_, c| {
             let drop = partitions.contains(&c.partition);
@@ -58,6 +124,11 @@ impl Store {
             !drop
         });
         before - self.customers.len()
+    }
+
+    fn watermarks(&self) -> MutexGuard<'_, HashMap<i32, i64>> {
+        // Each update is one statement: a panic elsewhere cannot leave it half-done.
+        self.watermarks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn customers(&self) -> usize {
@@ -95,7 +166,7 @@ mod tests {
         assert_eq!((store.customers(), store.window_events()), (4, 4));
         assert_eq!(store.release_partitions(&[1, 2]), 3);
         assert_eq!((store.customers(), store.window_events()), (1, 1));
-        assert!(store.customer("a").is_some());
-        assert!(store.customer("b").is_none());
+        assert!(store.read_customer("a", |w| w.len()).is_some());
+        assert!(store.read_customer("b", |w| w.len()).is_none());
     }
 }

@@ -4,11 +4,6 @@ use thin_vec::ThinVec;
 
 use crate::time::{EventTime, WindowLen};
 
-/// Bits of the transaction-id hash kept beside the timestamp in an event's 64-bit key.
-/// 42 bits of milliseconds cover 2000..2100; the other 22 tell re-deliveries apart.
-const HASH_BITS: u32 = 22;
-const HASH_MASK: u64 = (1 << HASH_BITS) - 1;
-
 /// Count and sum of amounts over one window.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct WindowStats {
@@ -41,8 +36,9 @@ impl Retention {
         }
     }
 
-    /// Events older than this, relative to the customer's newest, are rejected as too late.
-    fn oldest_accepted(&self, newest: i64) -> i64 {
+    /// Events older than this, relative to the newest event seen (the customer's or the
+    /// partition's), are rejected as too late.
+    pub fn oldest_accepted(&self, newest: i64) -> i64 {
         newest - self.longest_ms - self.lateness_ms
     }
 
@@ -50,6 +46,11 @@ impl Retention {
     /// be inside a window again and are dropped.
     fn drop_at_or_before(&self, newest: i64) -> i64 {
         self.oldest_accepted(newest) - self.longest_ms
+    }
+
+    /// How far behind the newest event seen an event may be and still be admitted.
+    pub fn horizon_ms(&self) -> i64 {
+        self.longest_ms + self.lateness_ms
     }
 
     /// Total time span the state covers for one customer.
@@ -73,24 +74,20 @@ pub struct TooLate {
     pub newest: EventTime,
 }
 
-/// An event in 16 bytes: the key orders by timestamp first.
+/// An event in 24 bytes, ordered by (timestamp, id hash). The full 64-bit keyed hash of the
+/// transaction id tells re-deliveries from other transactions of the same millisecond: 16 bytes
+/// with 22 bits of an unkeyed hash left one pair in 4 M colliding, and collisions easy to craft.
 #[derive(Debug, Clone, Copy)]
 struct Event {
-    key: u64,
+    at: i64,
+    id: u64,
     amount: f64,
 }
 
-fn key(at: EventTime, tx_hash: u64) -> u64 {
-    ((at.millis() - EventTime::MIN.millis()) as u64) << HASH_BITS | (tx_hash & HASH_MASK)
-}
-
-/// The smallest key of any event at a time later than `ms`.
-fn key_after(ms: i64) -> u64 {
-    ((ms + 1 - EventTime::MIN.millis()).max(0) as u64) << HASH_BITS
-}
-
-fn millis_of(key: u64) -> i64 {
-    (key >> HASH_BITS) as i64 + EventTime::MIN.millis()
+impl Event {
+    fn key(&self) -> (i64, u64) {
+        (self.at, self.id)
+    }
 }
 
 /// A customer's events within reach of any future window, sorted by (timestamp, id hash).
@@ -102,10 +99,11 @@ pub struct CustomerWindows {
 
 impl CustomerWindows {
     /// Adds an event in its place in event time, unless it is a re-delivery or too late.
+    /// `id` is the keyed hash of the transaction id.
     pub fn insert(
         &mut self,
         at: EventTime,
-        tx_hash: u64,
+        id: u64,
         amount: f64,
         retention: &Retention,
     ) -> Result<Admission, TooLate> {
@@ -114,9 +112,9 @@ impl CustomerWindows {
                 return Err(TooLate { newest });
             }
         }
-        let k = key(at, tx_hash);
-        let pos = self.events.partition_point(|e| e.key < k);
-        if self.events.get(pos).is_some_and(|e| e.key == k) {
+        let k = (at.millis(), id);
+        let pos = self.events.partition_point(|e| e.key() < k);
+        if self.events.get(pos).is_some_and(|e| e.key() == k) {
             return Ok(Admission::Duplicate);
         }
         let len = self.events.len();
@@ -124,16 +122,26 @@ impl CustomerWindows {
             // Grow by an eighth, not double: spare capacity is most of the memory of a busy state.
             self.events.reserve_exact((len / 8).max(2));
         }
-        self.events.insert(pos, Event { key: k, amount });
+        self.events.insert(
+            pos,
+            Event {
+                at: at.millis(),
+                id,
+                amount,
+            },
+        );
         self.evict(retention);
         Ok(Admission::Added)
     }
 
     fn evict(&mut self, retention: &Retention) {
         let Some(newest) = self.newest() else { return };
-        let cut = key_after(retention.drop_at_or_before(newest.millis()));
-        let expired = self.events.partition_point(|e| e.key < cut);
-        if expired > 0 {
+        let cut = retention.drop_at_or_before(newest.millis());
+        let expired = self.events.partition_point(|e| e.at <= cut);
+        // Expired events sit before every window, so they may wait: removing them shifts the
+        // whole array, and doing that once an eighth has expired keeps a hot customer's inserts
+        // amortized O(1) instead of one full shift per event.
+        if expired > 0 && expired * 8 >= self.events.len() {
             self.events.drain(..expired);
             // Give memory back from a customer whose activity dropped, without reallocating often.
             if self.events.capacity() > self.events.len() + self.events.len() / 4 + 4 {
@@ -145,14 +153,11 @@ impl CustomerWindows {
     /// Count and sum for each window (ascending lengths) ending at `at`: events in `(at - w, at]`.
     pub fn stats(&self, at: EventTime, windows: &[WindowLen], out: &mut Vec<WindowStats>) {
         out.clear();
-        let hi = self
-            .events
-            .partition_point(|e| e.key < key_after(at.millis()));
+        let hi = self.events.partition_point(|e| e.at <= at.millis());
         let mut lo = hi;
         let mut acc = WindowStats::default();
         for w in windows {
-            let start =
-                self.events[..lo].partition_point(|e| e.key < key_after(at.millis() - w.millis()));
+            let start = self.events[..lo].partition_point(|e| e.at <= at.millis() - w.millis());
             acc.count += (lo - start) as u32;
             acc.sum += self.events[start..lo].iter().map(|e| e.amount).sum::<f64>();
             lo = start;
@@ -161,9 +166,7 @@ impl CustomerWindows {
     }
 
     pub fn newest(&self) -> Option<EventTime> {
-        self.events
-            .last()
-            .and_then(|e| EventTime::checked(millis_of(e.key)))
+        self.events.last().and_then(|e| EventTime::checked(e.at))
     }
 
     pub fn len(&self) -> usize {

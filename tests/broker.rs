@@ -139,18 +139,7 @@ impl Instance {
     }
 
     fn get(&self, path: &str) -> (u16, String) {
-        match ureq::get(&format!("http://{}{path}", self.http))
-            .config()
-            .http_status_as_error(false)
-            .build()
-            .call()
-        {
-            Ok(mut r) => (
-                r.status().as_u16(),
-                r.body_mut().read_to_string().unwrap_or_default(),
-            ),
-            Err(_) => (0, String::new()),
-        }
+        get(self.http, path, None)
     }
 
     fn wait_ready(&self, limit: Duration) {
@@ -289,6 +278,28 @@ fn json(o: &Output) -> Value {
     serde_json::from_slice(&o.value).expect("scored output is JSON")
 }
 
+/// Status and body of a GET, with a bearer token if given; status 0 when nothing answers.
+fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = ureq::get(&format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    match request.config().http_status_as_error(false).build().call() {
+        Ok(mut r) => (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(_) => (0, String::new()),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 /// A valid transaction value at `ts` milliseconds.
 fn tx(id: &str, customer: &str, amount: f64, ts: i64) -> Vec<u8> {
     json!({"transaction_id": id, "customer_id": customer, "terminal_id": "t-1", "amount": amount, "timestamp": ts})
@@ -329,7 +340,16 @@ fn ids_of(scored: &[Output]) -> Vec<String> {
 fn every_transaction_is_scored_with_the_engines_features_and_metrics_and_lookups_answer() {
     let Some(brokers) = broker() else { return };
     let names = fresh(&brokers, "all");
-    let service = Instance::start(&brokers, &names, &[]);
+    let lookup = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let lookup_listen = lookup.to_string();
+    let service = Instance::start(
+        &brokers,
+        &names,
+        &[
+            ("FRAUDSCORE__HTTP__LOOKUP_LISTEN", lookup_listen.as_str()),
+            ("FRAUDSCORE__HTTP__LOOKUP_TOKEN", "t0ken"),
+        ],
+    );
     let input = workload("all", 600, 40);
     let p = producer(&brokers);
     for (key, value) in &input {
@@ -411,14 +431,17 @@ fn every_transaction_is_scored_with_the_engines_features_and_metrics_and_lookups
     ] {
         assert!(body.contains(name), "/metrics lacks {name}");
     }
-    let (status, body) = service.get("/customers/c-7");
+    // Lookups are served on their own listener only, and only with the token.
+    assert_eq!(service.get("/customers/c-7").0, 404);
+    assert_eq!(get(lookup, "/customers/c-7", None).0, 401);
+    let (status, body) = get(lookup, "/customers/c-7", Some("t0ken"));
     assert_eq!(status, 200, "{body}");
     let c: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(c["customer_id"], "c-7");
     // c-7's 15 events are 2 minutes apart: its newest 10-minute window holds 5.
     assert_eq!(c["features"]["customer_tx_count_10m"], 5);
     assert_eq!(c["features"]["customer_tx_count_7d"], 15);
-    assert_eq!(service.get("/customers/nobody").0, 404);
+    assert_eq!(get(lookup, "/customers/nobody", Some("t0ken")).0, 404);
     assert_eq!(service.get("/healthz").0, 200);
 
     let (status, took) = service.signal("-TERM");
@@ -431,7 +454,8 @@ fn each_kind_of_bad_message_is_dead_lettered_with_its_reason_and_the_service_kee
     let Some(brokers) = broker() else { return };
     let names = fresh(&brokers, "dlq");
     let _service = Instance::start(&brokers, &names, &[]);
-    let t = 1_795_000_000_000i64;
+    // 41 days ago: the good ones 40 days later are a day old, well within max_future_skew.
+    let t = now_ms() - 41 * 86_400_000;
     let oversized = format!(
         r#"{{"transaction_id":"big","customer_id":"c-1","amount":1,"timestamp":{t},"pad":"{}"}}"#,
         "x".repeat(70_000)
@@ -441,7 +465,9 @@ fn each_kind_of_bad_message_is_dead_lettered_with_its_reason_and_the_service_kee
         ("invalid_json", None, b"\xff\xfe".to_vec()),
         ("missing_field", Some("c-1"), br#"{"transaction_id":"m","customer_id":"c-1","timestamp":1795000000000}"#.to_vec()),
         ("invalid_field", Some("c-1"), br#"{"transaction_id":"n","customer_id":"c-1","amount":-3,"timestamp":1795000000000}"#.to_vec()),
-        ("invalid_field", Some("c-2"), br#"{"transaction_id":"k","customer_id":"c-1","amount":3,"timestamp":1795000000000}"#.to_vec()),
+        ("invalid_key", Some("c-2"), br#"{"transaction_id":"k","customer_id":"c-1","amount":3,"timestamp":1795000000000}"#.to_vec()),
+        ("invalid_key", None, br#"{"transaction_id":"nk","customer_id":"c-1","amount":3,"timestamp":1795000000000}"#.to_vec()),
+        ("timestamp_out_of_range", Some("c-1"), format!(r#"{{"transaction_id":"f","customer_id":"c-1","amount":3,"timestamp":{}}}"#, now_ms() + 86_400_000).into_bytes()),
         ("timestamp_out_of_range", Some("c-1"), br#"{"transaction_id":"o","customer_id":"c-1","amount":3,"timestamp":"1999-12-31T23:59:59Z"}"#.to_vec()),
         ("oversized", Some("c-1"), oversized.into_bytes()),
     ];

@@ -79,3 +79,64 @@ fn replay_writes_scored_and_rejected_lines() {
         (Some(2), Some("invalid_field"))
     );
 }
+
+/// The hardening issue's reproduction: four transactions in the last hour, one stamped
+/// 2090-01-01, then two more real ones. The 2090 one used to become the customer's newest event
+/// and make the two real ones `too_late`.
+#[test]
+fn a_far_future_timestamp_is_dead_lettered_and_real_traffic_is_still_scored() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let line = |id: &str, ts: i64| {
+        format!("{{\"transaction_id\":\"{id}\",\"customer_id\":\"c\",\"amount\":10,\"timestamp\":{ts}}}\n")
+    };
+    let minute = 60_000;
+    let mut text = String::new();
+    for (i, ago) in [50, 40, 30, 20].into_iter().enumerate() {
+        text += &line(&format!("real-{i}"), now - ago * minute);
+    }
+    text += &line("future", 3_786_912_000_000); // 2090-01-01T00:00:00Z
+    text += &line("real-4", now - 10 * minute);
+    text += &line("real-5", now - 5 * minute);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("tx.jsonl");
+    std::fs::write(&input, text).unwrap();
+    let (scored, dlq) = (
+        dir.path().join("scored.jsonl"),
+        dir.path().join("dlq.jsonl"),
+    );
+    let status = Command::new(BIN)
+        .args(["replay", "--features", "customer_tx_count_1h", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&scored)
+        .arg("--dlq")
+        .arg(&dlq)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let scored: Vec<serde_json::Value> = std::fs::read_to_string(&scored)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = scored
+        .iter()
+        .map(|v| v["transaction_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["real-0", "real-1", "real-2", "real-3", "real-4", "real-5"]
+    );
+    // The last one sees all six real transactions of the hour, and not the 2090 one.
+    assert_eq!(scored[5]["features"]["customer_tx_count_1h"], 6);
+    let dlq: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&dlq).unwrap().trim()).unwrap();
+    assert_eq!(dlq["reason"], "timestamp_out_of_range");
+    assert!(
+        dlq["error"].as_str().unwrap().contains("max_future_skew"),
+        "{dlq}"
+    );
+}

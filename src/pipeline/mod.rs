@@ -113,6 +113,7 @@ impl Pipeline {
             })?;
         consumer.subscribe(&[&config.kafka.input_topic])?;
 
+        let require_key = input_partitions(&consumer, &config.kafka.input_topic) != Some(1);
         let model = scorer.model();
         shared
             .metrics
@@ -121,7 +122,7 @@ impl Pipeline {
             .set(1);
         let engine = Engine::new(
             model.spec().clone(),
-            &config.engine.engine_config(),
+            &config.engine.engine_config(require_key),
             shared.store.clone(),
         );
         shared.health.model_loaded();
@@ -480,6 +481,17 @@ impl Worker {
         self.commits.last(consumer, &self.shared);
         info!("stopped");
     }
+}
+
+/// How many partitions the input topic has, if the broker says within a few seconds.
+fn input_partitions(consumer: &BaseConsumer<GroupContext>, topic: &str) -> Option<usize> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| warn!(error = %e, topic, "reading the input topic's metadata; null keys will be dead-lettered as invalid_key"))
+        .ok()?;
+    let partitions = metadata.topics().first()?.partitions().len();
+    info!(topic, partitions, "input topic");
+    (partitions > 0).then_some(partitions)
 }
 
 /// The error header of a record the producer refused.

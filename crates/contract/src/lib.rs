@@ -38,16 +38,19 @@ pub enum RejectReason {
     InvalidJson,
     MissingField,
     InvalidField,
+    /// A null key where the customer id is needed as key, or a key other than the customer id.
+    InvalidKey,
     TimestampOutOfRange,
     TooLate,
     Oversized,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 7] = [
         RejectReason::InvalidJson,
         RejectReason::MissingField,
         RejectReason::InvalidField,
+        RejectReason::InvalidKey,
         RejectReason::TimestampOutOfRange,
         RejectReason::TooLate,
         RejectReason::Oversized,
@@ -58,6 +61,7 @@ impl RejectReason {
             RejectReason::InvalidJson => "invalid_json",
             RejectReason::MissingField => "missing_field",
             RejectReason::InvalidField => "invalid_field",
+            RejectReason::InvalidKey => "invalid_key",
             RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
             RejectReason::TooLate => "too_late",
             RejectReason::Oversized => "oversized",

@@ -16,7 +16,8 @@ pub const MAX_VALUE_BYTES: usize = DEFAULT_MAX_MESSAGE_BYTES;
 /// event minus the longest window minus 1 hour"; the longest window depends on the model's
 /// features (7 days in the spec, 30 days in the current model), so go well beyond any of
 /// them while staying after 2000-01-01.
-const TOO_LATE_BY_MS: i64 = 400 * 86_400_000;
+const TOO_LATE_BY_MS: i64 = 400 * DAY_MS;
+const DAY_MS: i64 = 86_400_000;
 /// 2100-01-01T00:00:00Z, the first instant the service rejects.
 const YEAR_2100_MS: i64 = 4_102_444_800_000;
 
@@ -32,16 +33,18 @@ pub fn defects(reason: RejectReason) -> &'static [Defect] {
         ],
         RejectReason::InvalidField => &[
             Defect::NegativeAmount,
-            Defect::KeyDiffersFromCustomer,
             Defect::AmountTooLarge,
             Defect::AmountNotANumber,
             Defect::TransactionIdTooLong,
             Defect::EmptyCustomerId,
             Defect::CustomerIdWrongType,
         ],
-        RejectReason::TimestampOutOfRange => {
-            &[Defect::TimestampBefore2000, Defect::TimestampIn2100]
-        }
+        RejectReason::InvalidKey => &[Defect::KeyDiffersFromCustomer],
+        RejectReason::TimestampOutOfRange => &[
+            Defect::TimestampBefore2000,
+            Defect::TimestampIn2100,
+            Defect::TimestampAheadOfClock,
+        ],
         RejectReason::TooLate => &[Defect::TooLate],
         RejectReason::Oversized => &[Defect::Oversized],
     }
@@ -68,6 +71,8 @@ pub enum Defect {
     TimestampBefore2000,
     /// Epoch milliseconds, to cover the integer form too.
     TimestampIn2100,
+    /// A day ahead of the wall clock: beyond the service's `max_future_skew`.
+    TimestampAheadOfClock,
     /// 400 days older than an event already sent for the same customer: beyond the longest
     /// window plus the allowed lateness (1 hour).
     TooLate,
@@ -82,15 +87,15 @@ impl Defect {
                 RejectReason::MissingField
             }
             Defect::NegativeAmount
-            | Defect::KeyDiffersFromCustomer
             | Defect::AmountTooLarge
             | Defect::AmountNotANumber
             | Defect::TransactionIdTooLong
             | Defect::EmptyCustomerId
             | Defect::CustomerIdWrongType => RejectReason::InvalidField,
-            Defect::TimestampBefore2000 | Defect::TimestampIn2100 => {
-                RejectReason::TimestampOutOfRange
-            }
+            Defect::KeyDiffersFromCustomer => RejectReason::InvalidKey,
+            Defect::TimestampBefore2000
+            | Defect::TimestampIn2100
+            | Defect::TimestampAheadOfClock => RejectReason::TimestampOutOfRange,
             Defect::TooLate => RejectReason::TooLate,
             Defect::Oversized => RejectReason::Oversized,
         }
@@ -265,6 +270,15 @@ pub fn build(defect: Defect, slot: &Slot<'_>) -> BadMessage {
                 tx.amount
             );
         }
+        Defect::TimestampAheadOfClock => {
+            head(&mut value, id, &quoted);
+            let _ = write!(
+                value,
+                "\"amount\":{},\"timestamp\":{}}}",
+                tx.amount,
+                slot.epoch_millis + DAY_MS
+            );
+        }
         Defect::TooLate => {
             // Same customer (hence same key and partition) as an event the service has just
             // seen, so it is processed after it.
@@ -348,8 +362,9 @@ mod tests {
         for &n in &bad {
             *per_reason.entry(Defect::nth(n).reason()).or_default() += 1;
         }
-        assert_eq!(per_reason.len(), 6);
-        assert!(per_reason.values().all(|&c| (166..=167).contains(&c)));
+        // Every reason, in equal shares (1000 over 7: 142 or 143 each).
+        assert_eq!(per_reason.len(), RejectReason::ALL.len());
+        assert!(per_reason.values().all(|&c| (142..=143).contains(&c)));
         let used: HashSet<Defect> = (0..200).map(Defect::nth).collect();
         assert_eq!(used.len(), all_defects().len());
         assert_eq!(BadMix::new(0.0).bad_index(5), None);
@@ -480,6 +495,7 @@ mod tests {
                 "invalid_json",
                 "missing_field",
                 "invalid_field",
+                "invalid_key",
                 "timestamp_out_of_range",
                 "too_late",
                 "oversized"

@@ -114,13 +114,14 @@ async fn readyz(State(s): State<AppState>) -> Response {
     let h = &s.shared.health;
     let model = h.is_model_loaded();
     let assigned = h.has_partitions();
-    let status = if model && assigned {
+    let restoring = h.is_restoring();
+    let ready = model && assigned && !restoring;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body =
-        json!({"ready": model && assigned, "model_loaded": model, "partitions_assigned": assigned});
+    let body = json!({"ready": ready, "model_loaded": model, "partitions_assigned": assigned, "restoring": restoring});
     (status, Json(body)).into_response()
 }
 

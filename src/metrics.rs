@@ -32,6 +32,9 @@ pub struct Metrics {
     pub commit_failures: IntCounter,
     pub outputs_truncated: IntCounter,
     pub customers_evicted: IntCounter,
+    pub restore_seconds: Histogram,
+    pub restore_events: IntCounter,
+    pub state_horizon_seconds: prometheus::GaugeVec,
 }
 
 impl Metrics {
@@ -142,6 +145,27 @@ impl Metrics {
             "Customers removed from memory because their newest event is beyond every window's reach",
         )
         .expect("valid metric");
+        let restore_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "fraudscore_restore_seconds",
+                "Rebuilding the window state of newly assigned partitions, per restore",
+            )
+            .buckets(vec![0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0]),
+        )
+        .expect("valid metric");
+        let restore_events = IntCounter::new(
+            "fraudscore_restore_events_total",
+            "Input messages replayed into the window state by restores",
+        )
+        .expect("valid metric");
+        let state_horizon_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                "fraudscore_state_horizon_seconds",
+                "How far back in event time the partition's state reaches (newest minus oldest event seen); below the longest window, its features are partial",
+            ),
+            &["partition"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(transactions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(dlq.clone()),
@@ -159,6 +183,9 @@ impl Metrics {
             Box::new(commit_failures.clone()),
             Box::new(outputs_truncated.clone()),
             Box::new(customers_evicted.clone()),
+            Box::new(restore_seconds.clone()),
+            Box::new(restore_events.clone()),
+            Box::new(state_horizon_seconds.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -187,6 +214,9 @@ impl Metrics {
             commit_failures,
             outputs_truncated,
             customers_evicted,
+            restore_seconds,
+            restore_events,
+            state_horizon_seconds,
         }
     }
 

@@ -18,6 +18,9 @@ pub struct Health {
     /// thread, inside `poll`), read by `/readyz`. A set, not a flag: a cooperative rebalance
     /// revokes some partitions and keeps the others.
     assigned: Mutex<BTreeSet<i32>>,
+    /// Set by the rebalance callback when partitions are assigned, cleared by the pipeline once
+    /// their state is restored; read by `/readyz`.
+    restoring: AtomicBool,
 }
 
 impl Health {
@@ -43,6 +46,14 @@ impl Health {
     /// Partitions held now, ascending.
     pub fn held(&self) -> Vec<i32> {
         self.partitions().iter().copied().collect()
+    }
+
+    pub fn restoring(&self, yes: bool) {
+        self.restoring.store(yes, Ordering::Relaxed);
+    }
+
+    pub fn is_restoring(&self) -> bool {
+        self.restoring.load(Ordering::Relaxed)
     }
 
     pub fn has_partitions(&self) -> bool {
@@ -83,6 +94,12 @@ impl Shared {
         let m = &self.metrics;
         m.customers.set(self.store.customers() as i64);
         m.window_events.set(self.store.window_events());
+        m.state_horizon_seconds.reset();
+        for (partition, ms) in self.store.horizons() {
+            m.state_horizon_seconds
+                .with_label_values(&[partition.to_string()])
+                .set(ms as f64 / 1000.0);
+        }
         m.render()
     }
 

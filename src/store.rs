@@ -17,6 +17,13 @@ struct Customer {
     windows: CustomerWindows,
 }
 
+/// The newest and oldest event times a partition has admitted, in epoch ms.
+#[derive(Debug, Clone, Copy)]
+struct Marks {
+    newest: i64,
+    oldest: i64,
+}
+
 /// Concurrent map from customer to windows: the pipeline writes, HTTP lookups and the evictor
 /// read. foldhash: several times faster than SipHash on short ids, and seeded per process.
 #[derive(Debug)]
@@ -24,9 +31,9 @@ pub struct Store {
     customers: DashMap<CustomerId, Customer, foldhash::fast::RandomState>,
     /// Events held, kept by every writer of `customers`; read by the gauges.
     events: AtomicI64,
-    /// Per input partition, the newest event time accepted: written by the pipeline thread,
-    /// read by the evictor, cleared on revocation.
-    watermarks: Mutex<HashMap<i32, i64>>,
+    /// Per input partition, the newest and the oldest event time accepted: written by the
+    /// pipeline thread, read by the evictor and the gauges, cleared on release.
+    watermarks: Mutex<HashMap<i32, Marks>>,
     /// Seeds the transaction-id hashes, so that nobody outside can craft two ids that collide.
     id_seed: u64,
 }
@@ -77,20 +84,37 @@ impl Store {
     /// Admits an event at `at` on `partition` unless it is older than `horizon_ms` before the
     /// newest event accepted there; advances that newest time. `Err` carries the newest time.
     pub fn admit(&self, partition: i32, at: EventTime, horizon_ms: i64) -> Result<(), EventTime> {
+        let ms = at.millis();
         let mut marks = self.watermarks();
-        let mark = marks.entry(partition).or_insert(at.millis());
-        if at.millis() < *mark - horizon_ms {
-            return Err(EventTime::checked(*mark).unwrap_or(at));
+        let mark = marks.entry(partition).or_insert(Marks {
+            newest: ms,
+            oldest: ms,
+        });
+        if ms < mark.newest - horizon_ms {
+            return Err(EventTime::checked(mark.newest).unwrap_or(at));
         }
-        *mark = (*mark).max(at.millis());
+        mark.newest = mark.newest.max(ms);
+        mark.oldest = mark.oldest.min(ms);
         Ok(())
+    }
+
+    /// Per partition, how far back in event time its state reaches, in ms.
+    pub fn horizons(&self) -> Vec<(i32, i64)> {
+        self.watermarks()
+            .iter()
+            .map(|(&p, m)| (p, m.newest - m.oldest))
+            .collect()
     }
 
     /// Removes customers whose newest event is at or before their partition's newest event
     /// minus `span_ms`: no window of an event the partition still admits can reach them. Locks
     /// one shard at a time, so the pipeline waits at most for one shard. Returns how many.
     pub fn evict_idle(&self, span_ms: i64) -> usize {
-        let marks = self.watermarks().clone();
+        let marks: HashMap<i32, i64> = self
+            .watermarks()
+            .iter()
+            .map(|(&p, m)| (p, m.newest))
+            .collect();
         let before = self.customers.len();
         self.customers.retain(|_, c| {
             let (Some(newest), Some(mark)) = (c.windows.newest(), marks.get(&c.partition)) else {
@@ -126,7 +150,7 @@ impl Store {
         before - self.customers.len()
     }
 
-    fn watermarks(&self) -> MutexGuard<'_, HashMap<i32, i64>> {
+    fn watermarks(&self) -> MutexGuard<'_, HashMap<i32, Marks>> {
         // Each update is one statement: a panic elsewhere cannot leave it half-done.
         self.watermarks.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -579,6 +579,74 @@ fn stop_mid_stream_and_restart(sig: &str) {
         "{} ids never reached an output after {sig}, e.g. {missing:?}",
         wanted.len() - got.len().min(wanted.len())
     );
+    // The restarted instance rebuilt each partition's state before scoring: every output,
+    // re-scored ones included, has the features of one uninterrupted run.
+    assert_features_exact(&brokers, &names, input.len(), &scored);
+}
+
+/// Partition, offset, key and value of an input message.
+type InputMessage = (i32, i64, Option<Vec<u8>>, Vec<u8>);
+
+/// The features of one uninterrupted run: the engine over each input partition's messages in
+/// offset order, as read back from the broker.
+fn reference_features(brokers: &str, names: &Names, n: usize) -> HashMap<String, Value> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{}-reference", names.group))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(&names.input, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut messages: Vec<InputMessage> = Vec::new();
+    let start = Instant::now();
+    while messages.len() < n && start.elapsed() < Duration::from_secs(60) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let key = m.key().map(<[u8]>::to_vec);
+            let value = m.payload().unwrap_or_default().to_vec();
+            messages.push((m.partition(), m.offset(), key, value));
+        }
+    }
+    assert_eq!(messages.len(), n, "input read back");
+    messages.sort_by_key(|(p, o, _, _)| (*p, *o));
+    let model = Model::load(&model_path(), 1).unwrap();
+    let config = EngineConfig {
+        require_key: true,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(model.spec().clone(), &config, Arc::new(Store::default()));
+    messages
+        .iter()
+        .filter_map(|(p, _, key, value)| {
+            let prepared = engine.prepare(*p, key.as_deref(), value).ok()?;
+            let features = serde_json::to_value(engine.spec().named(&prepared.features)).ok()?;
+            Some((prepared.transaction.transaction_id, features))
+        })
+        .collect()
+}
+
+fn assert_features_exact(brokers: &str, names: &Names, n: usize, scored: &[Output]) {
+    let reference = reference_features(brokers, names, n);
+    let mut wrong = Vec::new();
+    for o in scored {
+        let v = json(o);
+        let id = v["transaction_id"].as_str().unwrap_or_default().to_string();
+        if reference.get(&id) != Some(&v["features"]) {
+            let want = reference.get(&id).cloned();
+            wrong.push((id, v["features"].clone(), want));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} outputs differ from the uninterrupted run, e.g. {:?}",
+        wrong.len(),
+        scored.len(),
+        wrong.first()
+    );
 }
 
 #[test]
@@ -614,4 +682,26 @@ fn two_instances_split_the_partitions_and_output_every_id() {
     );
     assert!(na > 0.0 && nb > 0.0, "both instances scored: {na} and {nb}");
     assert!(na + nb >= input.len() as f64);
+    // Stop one mid-stream: the survivor takes its partitions over, rebuilds their state from the
+    // topic, and scores the rest with the features of one uninterrupted run.
+    let more = workload("q", 1000, 64);
+    let load = produce_in_background(&brokers, &names.input, more.clone(), 500);
+    std::thread::sleep(Duration::from_millis(800));
+    let (status, _) = a.signal("-TERM");
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    load.join().unwrap();
+    let all = input.len() + more.len();
+    let (scored, _) = read_outputs(&brokers, &names, Duration::from_secs(90), |s, _| {
+        ids_of(s).into_iter().collect::<HashSet<_>>().len() >= all
+    });
+    assert_eq!(
+        ids_of(&scored).into_iter().collect::<HashSet<_>>().len(),
+        all,
+        "every id output"
+    );
+    assert_features_exact(&brokers, &names, all, &scored);
+    assert!(
+        b.metric("fraudscore_restore_events_total") > 0.0,
+        "the survivor rebuilt state"
+    );
 }

@@ -1,7 +1,7 @@
 //! The two Kafka clients' settings and callbacks: deliveries acknowledge offsets, rebalances hand
 //! partitions over, commits report failures.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -13,7 +13,7 @@ use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::{Config, PropertyValue};
 use crate::shared::Shared;
@@ -120,13 +120,46 @@ pub struct GroupContext {
     /// Partitions revoked during the last `poll`: written here, taken by the pipeline right after
     /// `poll` returns, so that it drops what it still holds of them.
     pub revoked: Mutex<Vec<i32>>,
+    /// Partitions assigned during the last `poll`, taken by the pipeline to restore their state
+    /// before it scores anything of them.
+    pub assigned: Mutex<Vec<i32>>,
+    /// Revoked partitions whose window state is kept, with the offset up to which it reflects
+    /// the partition: reused if the partition comes back committed at that offset (an eager
+    /// rebalance revokes everything and hands most of it straight back).
+    pub parked: Mutex<HashMap<i32, i64>>,
 }
 
 impl GroupContext {
+    pub fn new(shared: Arc<Shared>, producer: Arc<OutputProducer>, input_topic: String) -> Self {
+        GroupContext {
+            shared,
+            producer,
+            input_topic,
+            revoked: Mutex::default(),
+            assigned: Mutex::default(),
+            parked: Mutex::default(),
+        }
+    }
+
     /// Partitions revoked since the last call.
     pub fn take_revoked(&self) -> Vec<i32> {
-        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *lock(&self.revoked))
     }
+
+    /// Partitions assigned since the last call.
+    pub fn take_assigned(&self) -> Vec<i32> {
+        std::mem::take(&mut *lock(&self.assigned))
+    }
+
+    /// Parked partitions and the offsets their state reflects.
+    pub fn take_parked(&self) -> HashMap<i32, i64> {
+        std::mem::take(&mut *lock(&self.parked))
+    }
+}
+
+/// Every update under these locks is one statement: a panic elsewhere leaves them consistent.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ClientContext for GroupContext {
@@ -163,9 +196,11 @@ impl ConsumerContext for GroupContext {
         if let Err(e) = commit(consumer, &self.input_topic, &positions, CommitMode::Sync) {
             warn!(error = %e, "commit on revocation failed; the next owner re-scores from the last commit");
         }
+        // The state stays, parked with the offset it reflects, until the next assignment says
+        // whether the partition came back.
+        let consumed = self.shared.offsets().consumed_positions(&partitions);
+        lock(&self.parked).extend(consumed);
         self.shared.offsets().forget(&partitions);
-        let released = self.shared.store.release_partitions(&partitions);
-        debug!(released, "customer state released");
         for p in &partitions {
             let _ = self
                 .shared
@@ -173,10 +208,7 @@ impl ConsumerContext for GroupContext {
                 .consumer_lag
                 .remove_label_values(&[&p.to_string()]);
         }
-        self.revoked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(partitions);
+        lock(&self.revoked).extend(partitions);
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -184,7 +216,9 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(tpl) => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 info!(?partitions, "partitions assigned");
+                self.shared.health.restoring(true);
                 self.shared.health.assigned(&partitions);
+                lock(&self.assigned).extend(partitions);
             }
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
             Rebalance::Revoke(_) => {}

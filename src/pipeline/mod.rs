@@ -9,6 +9,7 @@ mod batch;
 mod clients;
 mod commit;
 mod producer;
+mod restore;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -105,12 +106,11 @@ impl Pipeline {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
         let consumer: BaseConsumer<GroupContext> =
-            consumer_config.create_with_context(GroupContext {
-                shared: shared.clone(),
-                producer: producer.clone(),
-                input_topic: config.kafka.input_topic.clone(),
-                revoked: Mutex::default(),
-            })?;
+            consumer_config.create_with_context(GroupContext::new(
+                shared.clone(),
+                producer.clone(),
+                config.kafka.input_topic.clone(),
+            ))?;
         consumer.subscribe(&[&config.kafka.input_topic])?;
 
         let require_key = input_partitions(&consumer, &config.kafka.input_topic) != Some(1);
@@ -173,6 +173,7 @@ impl Worker {
             };
             let polled = consumer.poll(timeout);
             self.drop_revoked(consumer);
+            self.restore_assigned(consumer, stop)?;
             match polled {
                 Some(Ok(msg)) => {
                     if self.batch.is_empty() {
@@ -211,6 +212,34 @@ impl Worker {
                 "batched transactions of revoked partitions left to their next owner"
             );
         }
+    }
+
+    /// A rebalance inside `poll` assigned partitions: bring their state up to the committed offset
+    /// before anything of them is scored (the message `poll` returned may be one of theirs).
+    fn restore_assigned(
+        &mut self,
+        consumer: &BaseConsumer<GroupContext>,
+        stop: &AtomicBool,
+    ) -> Result<(), PipelineError> {
+        let assigned = consumer.context().take_assigned();
+        if assigned.is_empty() {
+            return Ok(());
+        }
+        // What is batched is scored against the state as it is now, before the restore moves it.
+        self.flush_batch(stop)?;
+        let resumed = restore::restore(
+            consumer,
+            &mut self.engine,
+            &self.shared,
+            &self.config,
+            &assigned,
+            stop,
+        );
+        self.shared.health.restoring(false);
+        for (partition, offset) in resumed? {
+            self.shared.offsets().resume_at(partition, offset);
+        }
+        Ok(())
     }
 
     /// Decode, update windows, features: into the batch; or straight to the dead-letter topic.

@@ -62,6 +62,20 @@ impl OffsetTracker {
             .collect()
     }
 
+    /// One past the highest offset consumed, for these partitions: what the state reflects.
+    pub fn consumed_positions(&self, partitions: &[i32]) -> Vec<(i32, i64)> {
+        partitions
+            .iter()
+            .filter_map(|p| self.partitions.get(p).map(|o| (*p, o.next)))
+            .collect()
+    }
+
+    /// Consumption of `partition` resumes at `offset` (its state was restored up to there).
+    pub fn resume_at(&mut self, partition: i32, offset: i64) {
+        let p = self.partitions.entry(partition).or_default();
+        p.next = p.next.max(offset);
+    }
+
     /// A commit of these partitions failed: hand their positions out again on the next call
     /// to [`to_commit`](Self::to_commit), even if they have not moved.
     pub fn commit_failed(&mut self, partitions: &[i32]) {
@@ -116,6 +130,10 @@ mod tests {
         t.acknowledged(1, 3);
         assert_eq!(t.to_commit(), [(0, 15), (1, 4)]);
         assert_eq!(t.in_flight(), 0);
+        assert_eq!(t.consumed_positions(&[0, 1, 9]), [(0, 15), (1, 4)]);
+        t.resume_at(5, 40);
+        assert_eq!(t.consumed_positions(&[5]), [(5, 40)]);
+        assert_eq!(t.to_commit(), [(5, 40)]);
         // A failed commit is handed out again, though the position did not move.
         t.commit_failed(&[1]);
         assert_eq!(t.to_commit(), [(1, 4)]);

@@ -45,8 +45,8 @@ pub enum ServiceError {
 
 /// A running service instance.
 pub struct Service {
-    /// Set by `stop`; read by the pipeline thread between messages.
-    stop: Arc<AtomicBool>,
+    /// Set by `stop` (or on drop); read by the pipeline and evictor threads.
+    stop: StopOnDrop,
     pipeline: JoinHandle<Result<(), PipelineError>>,
     /// Resolves when the pipeline thread ends, however it ends (a drop guard sends it).
     pipeline_ended: oneshot::Receiver<()>,
@@ -128,7 +128,7 @@ impl Service {
                 })
             })?;
         Ok(Service {
-            stop,
+            stop: StopOnDrop(stop),
             pipeline,
             pipeline_ended,
             http_stop,
@@ -168,7 +168,7 @@ impl Service {
     /// Stops consuming, finishes what is in flight, flushes, commits, and returns the pipeline's
     /// result; a panic of the pipeline thread is an error too.
     pub fn stop(self) -> Result<(), ServiceError> {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.0.store(true, Ordering::Relaxed);
         let result = join(self.pipeline);
         let _ = self.http_stop.send(true);
         self.runtime.shutdown_timeout(Duration::from_secs(1));
@@ -210,6 +210,16 @@ fn evict_until(stop: &AtomicBool, interval: Duration, mut evict: impl FnMut()) {
             evict();
             next = Instant::now() + interval;
         }
+    }
+}
+
+/// Sets the stop flag when dropped: a service dropped without `stop` (a test that failed half-way)
+/// must not leave its threads consuming.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

@@ -186,7 +186,6 @@ impl ConsumerContext for GroupContext {
         };
         let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         info!(?partitions, "partitions revoked");
-        self.shared.metrics.rebalances.inc();
         self.shared.health.revoked(&partitions);
         // Hand over everything acknowledged so far, so that the next owner repeats little.
         if let Err(e) = self.producer.flush(FLUSH_TIMEOUT) {
@@ -195,6 +194,7 @@ impl ConsumerContext for GroupContext {
         let positions = self.shared.offsets().positions(&partitions);
         if let Err(e) = commit(consumer, &self.input_topic, &positions, CommitMode::Sync) {
             warn!(error = %e, "commit on revocation failed; the next owner re-scores from the last commit");
+            self.shared.metrics.commit_failures.inc();
         }
         // The state stays, parked with the offset it reflects, until the next assignment says
         // whether the partition came back.
@@ -216,6 +216,8 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(tpl) => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 info!(?partitions, "partitions assigned");
+                // Every rebalance ends in an assignment, empty or not, for every member.
+                self.shared.metrics.rebalances.inc();
                 self.shared.health.restoring(true);
                 self.shared.health.assigned(&partitions);
                 lock(&self.assigned).extend(partitions);

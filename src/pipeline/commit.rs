@@ -1,5 +1,9 @@
 //! Committing input offsets (at least once): only positions below every unacknowledged output,
 //! periodically while running and once more, synchronously, at the end.
+//!
+//! Asynchronous commits report no result through rdkafka 0.39 (librdkafka only logs their
+//! failures), so every position is offered again once a second: a failed commit, say one refused
+//! during a rebalance, is made up for within a second instead of waiting for the partition to move.
 
 use std::time::{Duration, Instant};
 
@@ -9,11 +13,15 @@ use tracing::warn;
 use super::clients::{commit, GroupContext};
 use crate::shared::Shared;
 
+/// How often every position is committed again, moved or not.
+const REOFFER: Duration = Duration::from_secs(1);
+
 /// When and what to commit. Revocations commit on their own, in the rebalance callback.
 pub struct Commits {
     topic: String,
     interval: Duration,
     next: Instant,
+    next_reoffer: Instant,
 }
 
 impl Commits {
@@ -22,6 +30,7 @@ impl Commits {
             topic,
             interval,
             next: Instant::now() + interval,
+            next_reoffer: Instant::now() + REOFFER,
         }
     }
 
@@ -32,17 +41,29 @@ impl Commits {
             return;
         }
         self.next = Instant::now() + self.interval;
-        self.commit(consumer, shared, CommitMode::Async);
+        let positions = if Instant::now() >= self.next_reoffer {
+            self.next_reoffer = Instant::now() + REOFFER;
+            shared.offsets().all_positions()
+        } else {
+            shared.offsets().to_commit()
+        };
+        self.commit(consumer, shared, &positions, CommitMode::Async);
     }
 
-    /// The last commit before stopping, waiting for the broker's answer.
+    /// The last commit before stopping, of every position, waiting for the broker's answer.
     pub fn last(&mut self, consumer: &BaseConsumer<GroupContext>, shared: &Shared) {
-        self.commit(consumer, shared, CommitMode::Sync);
+        let positions = shared.offsets().all_positions();
+        self.commit(consumer, shared, &positions, CommitMode::Sync);
     }
 
-    fn commit(&self, consumer: &BaseConsumer<GroupContext>, shared: &Shared, mode: CommitMode) {
-        let positions = shared.offsets().to_commit();
-        if let Err(e) = commit(consumer, &self.topic, &positions, mode) {
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        shared: &Shared,
+        positions: &[(i32, i64)],
+        mode: CommitMode,
+    ) {
+        if let Err(e) = commit(consumer, &self.topic, positions, mode) {
             // Not fatal: a later commit covers these offsets.
             warn!(error = %e, "offset commit failed");
             shared.metrics.commit_failures.inc();

@@ -11,6 +11,7 @@ mod commit;
 mod producer;
 mod restore;
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,17 @@ pub enum PipelineError {
     },
 }
 
+/// What became of an output handed to [`Worker::emit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// To the producer as it was.
+    AsIs,
+    /// Refused as it was; dead-lettered truncated instead.
+    Truncated,
+    /// Not sent: the stop came while waiting for the producer. Stays uncommitted.
+    Abandoned,
+}
+
 /// The input message an output stands for, as the dead-letter headers name it.
 #[derive(Debug, Clone, Copy)]
 struct SourceRef {
@@ -82,6 +94,8 @@ struct Worker {
     commits: Commits,
     shared: Arc<Shared>,
     config: Config,
+    /// Outputs given up on because of a stop: in flight for good, so shutdown does not wait for them.
+    abandoned: Cell<usize>,
 }
 
 impl Pipeline {
@@ -137,6 +151,7 @@ impl Pipeline {
             ),
             shared,
             config,
+            abandoned: Cell::new(0),
         };
         Ok(Pipeline { consumer, worker })
     }
@@ -277,7 +292,6 @@ impl Worker {
             offset: msg.offset(),
         };
         debug!(reason, error = %rejection.message, partition = source.partition, offset = source.offset, "dead-lettered");
-        self.shared.metrics.dlq.with_label_values(&[reason]).inc();
         let input_headers = msg.headers().map(|h| h.detach()).unwrap_or_default();
         let headers = self.dlq_headers(input_headers, reason, &rejection.message, source);
         let record = Record {
@@ -292,7 +306,11 @@ impl Worker {
             consumed_at,
             outcome: Outcome::DeadLettered,
         };
-        self.emit(record, delivery, stop)
+        let first = format!("dead-lettered first as {reason}: {}", rejection.message);
+        if self.emit(record, delivery, Some(&first), stop)? == Sent::AsIs {
+            self.shared.metrics.dlq.with_label_values(&[reason]).inc();
+        }
+        Ok(())
     }
 
     /// One inference call for the batch, then one output per transaction.
@@ -328,7 +346,7 @@ impl Worker {
                 consumed_at: source.consumed_at,
                 outcome: Outcome::Scored,
             };
-            if let Err(e) = self.emit(record, delivery, stop) {
+            if let Err(e) = self.emit(record, delivery, None, stop) {
                 result = Err(e);
                 break;
             }
@@ -351,19 +369,29 @@ impl Worker {
 
     /// Sends one output. A record the producer can never take as it is goes to the dead-letter
     /// topic truncated; a fatal producer error stops the pipeline; a stop leaves it uncommitted.
+    /// `first` says what the record was, when it was a dead letter already.
     fn emit(
         &self,
         record: Record<'_>,
         delivery: Delivery,
+        first: Option<&str>,
         stop: &AtomicBool,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<Sent, PipelineError> {
         let (topic, key, payload) = (record.topic, record.key, record.payload);
         match self.output.send(record, delivery, stop) {
-            Ok(()) | Err(SendError::Stopped) => Ok(()),
+            Ok(()) => Ok(Sent::AsIs),
+            Err(SendError::Stopped) => {
+                self.abandoned.set(self.abandoned.get() + 1);
+                Ok(Sent::Abandoned)
+            }
             Err(SendError::Fatal(e)) => Err(PipelineError::ProducerFatal(e)),
             Err(SendError::Refused(error)) => {
-                let why = describe_refusal(topic, key, payload, &error);
-                self.dead_letter_truncated(key, payload, &why, delivery, error, stop)
+                let mut why = describe_refusal(topic, key, payload, &error);
+                if let Some(first) = first {
+                    why = format!("{why} ({first})");
+                }
+                self.dead_letter_truncated(key, payload, &why, delivery, error, stop)?;
+                Ok(Sent::Truncated)
             }
         }
     }
@@ -400,7 +428,11 @@ impl Worker {
             ..delivery
         };
         match self.output.send(record, delivery, stop) {
-            Ok(()) | Err(SendError::Stopped) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(SendError::Stopped) => {
+                self.abandoned.set(self.abandoned.get() + 1);
+                Ok(())
+            }
             Err(SendError::Fatal(e)) => Err(PipelineError::ProducerFatal(e)),
             Err(SendError::Refused(_)) => Err(PipelineError::Undeliverable {
                 partition: source.partition,
@@ -467,7 +499,7 @@ impl Worker {
                         payload: f.payload.as_deref(),
                         headers: f.headers,
                     };
-                    self.emit(record, d, stop)?;
+                    self.emit(record, d, None, stop)?;
                 }
             }
         }
@@ -498,7 +530,9 @@ impl Worker {
                     warn!(error = %e, "re-sending failed outputs at shutdown");
                     break;
                 }
-                if self.shared.offsets().in_flight() == 0 || Instant::now() >= deadline {
+                // Records given up on when the stop came are in flight for good: not waited for.
+                let waiting = self.shared.offsets().in_flight() - self.abandoned.get();
+                if waiting == 0 || Instant::now() >= deadline {
                     break;
                 }
             }

@@ -76,6 +76,22 @@ impl OffsetTracker {
         p.next = p.next.max(offset);
     }
 
+    /// Every partition's position, moved or not: committing these again makes up for earlier
+    /// commits whose failure nobody reported.
+    pub fn all_positions(&mut self) -> Vec<(i32, i64)> {
+        let mut out: Vec<(i32, i64)> = self
+            .partitions
+            .iter_mut()
+            .map(|(&partition, p)| {
+                p.committed = Some(p.position());
+                (partition, p.position())
+            })
+            .filter(|&(_, pos)| pos > 0)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// A commit of these partitions failed: hand their positions out again on the next call
     /// to [`to_commit`](Self::to_commit), even if they have not moved.
     pub fn commit_failed(&mut self, partitions: &[i32]) {
@@ -131,6 +147,9 @@ mod tests {
         assert_eq!(t.to_commit(), [(0, 15), (1, 4)]);
         assert_eq!(t.in_flight(), 0);
         assert_eq!(t.consumed_positions(&[0, 1, 9]), [(0, 15), (1, 4)]);
+        // Re-offered whether or not they moved.
+        assert_eq!(t.all_positions(), [(0, 15), (1, 4)]);
+        assert_eq!(t.to_commit(), []);
         t.resume_at(5, 40);
         assert_eq!(t.consumed_positions(&[5]), [(5, 40)]);
         assert_eq!(t.to_commit(), [(5, 40)]);

@@ -34,46 +34,19 @@ fn a_wrong_or_unknown_key_exits_2_naming_the_key() {
 
 #[test]
 fn replay_writes_scored_and_rejected_lines() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("tx.jsonl");
-    std::fs::write(
-        &input,
+    let model = format!("{ROOT}/models/fraud.onnx");
+    let (scored, dlq) = replay(
+        &["--model", &model],
         "{\"transaction_id\":\"a\",\"customer_id\":\"c\",\"amount\":12.5,\"timestamp\":\"2026-11-26T03:44:58.123Z\"}\n\
          {\"transaction_id\":\"b\",\"customer_id\":\"c\",\"amount\":\"x\",\"timestamp\":\"2026-11-26T03:45:00Z\"}\n\
          {\"transaction_id\":\"c\",\"customer_id\":\"c\",\"amount\":250,\"timestamp\":\"2026-11-26T03:46:00Z\"}\n",
-    )
-    .unwrap();
-    let (scored, dlq) = (
-        dir.path().join("scored.jsonl"),
-        dir.path().join("dlq.jsonl"),
     );
-    let status = Command::new(BIN)
-        .args([
-            "replay",
-            "--model",
-            &format!("{ROOT}/models/fraud.onnx"),
-            "--input",
-        ])
-        .arg(&input)
-        .arg("--output")
-        .arg(&scored)
-        .arg("--dlq")
-        .arg(&dlq)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let scored: Vec<serde_json::Value> = std::fs::read_to_string(&scored)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(scored.len(), 2);
     assert_eq!(scored[1]["features"]["customer_tx_count_10m"], 2);
     assert!(scored
         .iter()
         .all(|v| v["score"].is_number() && v["model_version"].is_string()));
-    let dlq: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(&dlq).unwrap().trim()).unwrap();
+    let dlq = &dlq[0];
     assert_eq!(
         (dlq["line"].as_u64(), dlq["reason"].as_str()),
         (Some(2), Some("invalid_field"))
@@ -100,28 +73,7 @@ fn a_far_future_timestamp_is_dead_lettered_and_real_traffic_is_still_scored() {
     text += &line("future", 3_786_912_000_000); // 2090-01-01T00:00:00Z
     text += &line("real-4", now - 10 * minute);
     text += &line("real-5", now - 5 * minute);
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("tx.jsonl");
-    std::fs::write(&input, text).unwrap();
-    let (scored, dlq) = (
-        dir.path().join("scored.jsonl"),
-        dir.path().join("dlq.jsonl"),
-    );
-    let status = Command::new(BIN)
-        .args(["replay", "--features", "customer_tx_count_1h", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(&scored)
-        .arg("--dlq")
-        .arg(&dlq)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let scored: Vec<serde_json::Value> = std::fs::read_to_string(&scored)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (scored, dlq) = replay(&["--features", "customer_tx_count_1h"], &text);
     let ids: Vec<&str> = scored
         .iter()
         .map(|v| v["transaction_id"].as_str().unwrap())
@@ -132,11 +84,37 @@ fn a_far_future_timestamp_is_dead_lettered_and_real_traffic_is_still_scored() {
     );
     // The last one sees all six real transactions of the hour, and not the 2090 one.
     assert_eq!(scored[5]["features"]["customer_tx_count_1h"], 6);
-    let dlq: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(&dlq).unwrap().trim()).unwrap();
+    let dlq = &dlq[0];
     assert_eq!(dlq["reason"], "timestamp_out_of_range");
     assert!(
         dlq["error"].as_str().unwrap().contains("max_future_skew"),
         "{dlq}"
     );
+}
+
+/// Runs `fraudscore replay` with `args` on `input`: the scored lines and the dead-letter lines.
+fn replay(args: &[&str], input: &str) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("tx.jsonl"), input).unwrap();
+    let status = Command::new(BIN)
+        .arg("replay")
+        .args(args)
+        .arg("--input")
+        .arg(path("tx.jsonl"))
+        .arg("--output")
+        .arg(path("scored.jsonl"))
+        .arg("--dlq")
+        .arg(path("dlq.jsonl"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let lines = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path(name))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    (lines("scored.jsonl"), lines("dlq.jsonl"))
 }

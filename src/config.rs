@@ -297,6 +297,17 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 }
 
 impl Config {
+    /// librdkafka settings for one client: the brokers, the common table, then the client's own
+    /// table (`kafka.consumer` or `kafka.producer`).
+    pub fn client(&self, own: &BTreeMap<String, PropertyValue>) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.kafka.brokers);
+        for (k, v) in self.kafka.common.iter().chain(own) {
+            c.set(k, &v.0);
+        }
+        c
+    }
+
     /// Reads `path`, applies `FRAUDSCORE__*` variables from `env`, and checks every key.
     pub fn load(
         path: &Path,

@@ -6,6 +6,7 @@
 //! runs the engine on a file. What the service and its load generator agree on (reject reasons,
 //! header names, limits, the commit rule) is in the `fraudscore-contract` crate.
 
+pub mod audit;
 pub mod config;
 pub mod decode;
 pub mod demo;

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::signal;
 use tracing_subscriber::EnvFilter;
 
+use fraudscore::audit::AuditOptions;
 use fraudscore::config::{Config, LogFormat};
 use fraudscore::demo::DemoOptions;
 use fraudscore::engine::Thresholds;
@@ -32,6 +33,25 @@ enum Command {
     Demo(DemoArgs),
     /// Run a file of input values (JSON lines) through the engine, in file order.
     Replay(ReplayArgs),
+    /// Recompute every scored transaction's features from the input topic and compare; exit 1
+    /// on any mismatch or missing output.
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// The service's configuration (brokers, topics, model, engine settings).
+    #[arg(long, default_value = "config/fraudscore.toml")]
+    config: PathBuf,
+    /// Overrides kafka.brokers.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Check only transactions stamped within this long before now (all are replayed).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    since: Option<std::time::Duration>,
+    /// How many mismatches and missing ids to print.
+    #[arg(long, default_value_t = 5)]
+    examples: usize,
 }
 
 #[derive(Args)]
@@ -102,6 +122,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(args),
         Command::Demo(args) => demo(args),
         Command::Replay(args) => replay(args).map(|()| ExitCode::SUCCESS),
+        Command::Audit(args) => audit(args),
     }
 }
 
@@ -204,4 +225,36 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         summary.rejected
     );
     Ok(())
+}
+
+fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let mut config = match Config::load(&args.config, std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fraudscore: configuration error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    init_logging("warn,rdkafka=error", LogFormat::Text);
+    if let Some(brokers) = args.brokers {
+        config.kafka.brokers = brokers;
+    }
+    let opts = AuditOptions {
+        config,
+        since: args.since,
+        examples: args.examples,
+    };
+    let report = fraudscore::audit::run(&opts)?;
+    println!(
+        "audit: {} inputs, {} outputs checked, {} mismatches, {} missing",
+        report.inputs, report.checked, report.mismatches, report.missing
+    );
+    for example in &report.examples {
+        println!("  {example}");
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

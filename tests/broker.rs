@@ -447,6 +447,27 @@ fn every_transaction_is_scored_with_the_engines_features_and_metrics_and_lookups
     let (status, took) = service.signal("-TERM");
     assert!(status.success(), "SIGTERM exit: {status:?}");
     assert!(took < Duration::from_secs(10), "stopped in {took:?}");
+
+    // The audit agrees, and catches an output with a wrong feature and an input never scored.
+    assert_features_exact(&brokers, &names);
+    let mut forged = json(&scored[0]);
+    forged["features"]["customer_tx_count_10m"] = json!(99);
+    let forged_id = forged["transaction_id"].as_str().unwrap().to_string();
+    send(&p, &names.scored, Some("x"), forged.to_string().as_bytes());
+    send(
+        &p,
+        &names.input,
+        Some("c-1"),
+        &tx("unscored", "c-1", 1.0, now_ms()),
+    );
+    p.flush(Duration::from_secs(10)).unwrap();
+    let (clean, report) = audit(&brokers, &names);
+    assert!(!clean, "{report}");
+    assert!(report.contains("1 mismatches, 1 missing"), "{report}");
+    assert!(
+        report.contains(&forged_id) && report.contains("unscored"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -581,72 +602,33 @@ fn stop_mid_stream_and_restart(sig: &str) {
     );
     // The restarted instance rebuilt each partition's state before scoring: every output,
     // re-scored ones included, has the features of one uninterrupted run.
-    assert_features_exact(&brokers, &names, input.len(), &scored);
+    assert_features_exact(&brokers, &names);
 }
 
-/// Partition, offset, key and value of an input message.
-type InputMessage = (i32, i64, Option<Vec<u8>>, Vec<u8>);
-
-/// The features of one uninterrupted run: the engine over each input partition's messages in
-/// offset order, as read back from the broker.
-fn reference_features(brokers: &str, names: &Names, n: usize) -> HashMap<String, Value> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{}-reference", names.group))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(&names.input, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut messages: Vec<InputMessage> = Vec::new();
-    let start = Instant::now();
-    while messages.len() < n && start.elapsed() < Duration::from_secs(60) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            let key = m.key().map(<[u8]>::to_vec);
-            let value = m.payload().unwrap_or_default().to_vec();
-            messages.push((m.partition(), m.offset(), key, value));
-        }
-    }
-    assert_eq!(messages.len(), n, "input read back");
-    messages.sort_by_key(|(p, o, _, _)| (*p, *o));
-    let model = Model::load(&model_path(), 1).unwrap();
-    let config = EngineConfig {
-        require_key: true,
-        ..EngineConfig::default()
-    };
-    let mut engine = Engine::new(model.spec().clone(), &config, Arc::new(Store::default()));
-    messages
-        .iter()
-        .filter_map(|(p, _, key, value)| {
-            let prepared = engine.prepare(*p, key.as_deref(), value).ok()?;
-            let features = serde_json::to_value(engine.spec().named(&prepared.features)).ok()?;
-            Some((prepared.transaction.transaction_id, features))
-        })
-        .collect()
+/// `fraudscore audit` on this test's topics: whether it found every output's features equal to
+/// one uninterrupted run's and nothing missing, and what it printed.
+fn audit(brokers: &str, names: &Names) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fraudscore"))
+        .args(["audit", "--examples", "3", "--config"])
+        .arg(root().join("config/fraudscore.toml"))
+        .env("FRAUDSCORE__KAFKA__BROKERS", brokers)
+        .env("FRAUDSCORE__KAFKA__GROUP_ID", &names.group)
+        .env("FRAUDSCORE__KAFKA__INPUT_TOPIC", &names.input)
+        .env("FRAUDSCORE__KAFKA__OUTPUT_TOPIC", &names.scored)
+        .env("FRAUDSCORE__KAFKA__DLQ_TOPIC", &names.dlq)
+        .env("FRAUDSCORE__MODEL__PATH", model_path())
+        .output()
+        .expect("running fraudscore audit");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
 }
 
-fn assert_features_exact(brokers: &str, names: &Names, n: usize, scored: &[Output]) {
-    let reference = reference_features(brokers, names, n);
-    let mut wrong = Vec::new();
-    for o in scored {
-        let v = json(o);
-        let id = v["transaction_id"].as_str().unwrap_or_default().to_string();
-        if reference.get(&id) != Some(&v["features"]) {
-            let want = reference.get(&id).cloned();
-            wrong.push((id, v["features"].clone(), want));
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} of {} outputs differ from the uninterrupted run, e.g. {:?}",
-        wrong.len(),
-        scored.len(),
-        wrong.first()
-    );
+/// Every output has the features of one uninterrupted run, as `fraudscore audit` checks them.
+fn assert_features_exact(brokers: &str, names: &Names) {
+    let (clean, report) = audit(brokers, names);
+    assert!(clean, "audit: {report}");
+    assert!(report.contains("0 mismatches, 0 missing"), "{report}");
 }
 
 #[test]
@@ -699,7 +681,7 @@ fn two_instances_split_the_partitions_and_output_every_id() {
         all,
         "every id output"
     );
-    assert_features_exact(&brokers, &names, all, &scored);
+    assert_features_exact(&brokers, &names);
     assert!(
         b.metric("fraudscore_restore_events_total") > 0.0,
         "the survivor rebuilt state"

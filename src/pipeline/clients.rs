@@ -1,12 +1,11 @@
 //! The two Kafka clients' settings and callbacks: deliveries acknowledge offsets, rebalances hand
 //! partitions over, commits report failures.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, OwnedHeaders};
@@ -15,20 +14,9 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use crate::config::{Config, PropertyValue};
 use crate::shared::Shared;
 
 use super::FLUSH_TIMEOUT;
-
-/// librdkafka settings for one client: the common table, then the client's own.
-pub fn client_config(config: &Config, own: &BTreeMap<String, PropertyValue>) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.kafka.brokers);
-    for (k, v) in config.kafka.common.iter().chain(own) {
-        c.set(k, &v.0);
-    }
-    c
-}
 
 /// What an output is, for the outcome label of `fraudscore_transactions_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +206,10 @@ impl ConsumerContext for GroupContext {
                 info!(?partitions, "partitions assigned");
                 // Every rebalance ends in an assignment, empty or not, for every member.
                 self.shared.metrics.rebalances.inc();
-                self.shared.health.restoring(true);
+                // A cooperative rebalance may assign nothing new: nothing to restore then.
+                if !partitions.is_empty() {
+                    self.shared.health.restoring(true);
+                }
                 self.shared.health.assigned(&partitions);
                 lock(&self.assigned).extend(partitions);
             }

@@ -32,7 +32,7 @@ use crate::shared::Shared;
 use crate::time::EventTime;
 
 use batch::{Batch, Source};
-use clients::{client_config, Delivery, DeliveryContext, GroupContext, Outcome, OutputProducer};
+use clients::{Delivery, DeliveryContext, GroupContext, Outcome, OutputProducer};
 use commit::Commits;
 use producer::{classify, ErrorKind, Output, Record, SendError};
 
@@ -106,14 +106,16 @@ impl Pipeline {
         shared: Arc<Shared>,
     ) -> Result<Pipeline, PipelineError> {
         let (failed_tx, failed) = mpsc::channel();
-        let producer: OutputProducer = client_config(&config, &config.kafka.producer)
-            .create_with_context(DeliveryContext {
-                shared: shared.clone(),
-                failed: Mutex::new(failed_tx),
-            })?;
+        let producer: OutputProducer =
+            config
+                .client(&config.kafka.producer)
+                .create_with_context(DeliveryContext {
+                    shared: shared.clone(),
+                    failed: Mutex::new(failed_tx),
+                })?;
         let producer = Arc::new(producer);
 
-        let mut consumer_config = client_config(&config, &config.kafka.consumer);
+        let mut consumer_config = config.client(&config.kafka.consumer);
         consumer_config
             .set("group.id", &config.kafka.group_id)
             // Offsets are ours to commit, after the output is acknowledged.

@@ -16,7 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use super::clients::{client_config, GroupContext};
+use super::clients::GroupContext;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::shared::Shared;
@@ -98,7 +98,8 @@ fn rebuild(
 ) -> Result<(), KafkaError> {
     let topic = &config.kafka.input_topic;
     let started = Instant::now();
-    let reader: BaseConsumer = client_config(config, &config.kafka.consumer)
+    let reader: BaseConsumer = config
+        .client(&config.kafka.consumer)
         // Reads by assignment, commits nothing: the group id only satisfies librdkafka.
         .set("group.id", format!("{}-restore", config.kafka.group_id))
         .set("enable.auto.commit", "false")

@@ -1,0 +1,206 @@
+//! Checking what the service emitted: every scored transaction's features recomputed from the
+//! input topic by the same engine, as one uninterrupted run would have computed them.
+//!
+//! The reference replays each input partition in offset order (the order the service consumes
+//! it), so whatever restarts, crashes and rebalances the service went through, its outputs must
+//! match message for message. Reads both topics up to their ends as of the start.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::model::{Model, ModelError};
+use crate::store::Store;
+use crate::time::EventTime;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reading a topic gives up when nothing arrives for this long before its end.
+const STALL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("reading {topic}: no message for {STALL:?} before its end")]
+    Stalled { topic: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// The service's configuration: brokers, topics, client properties, model, engine settings.
+    pub config: Config,
+    /// Only transactions with a timestamp at most this long before now are checked (all are
+    /// replayed, for their state).
+    pub since: Option<Duration>,
+    /// How many mismatches and missing ids to show.
+    pub examples: usize,
+}
+
+/// What the audit found.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct AuditReport {
+    pub inputs: u64,
+    /// Outputs compared with the reference.
+    pub checked: u64,
+    /// Outputs whose features differ from the reference (or that the reference rejected).
+    pub mismatches: u64,
+    /// Transactions the reference scores that have no output.
+    pub missing: u64,
+    pub examples: Vec<String>,
+}
+
+impl AuditReport {
+    pub fn is_clean(&self) -> bool {
+        self.mismatches == 0 && self.missing == 0
+    }
+}
+
+/// One message as read: partition, offset, key, value.
+type Read = (i32, i64, Option<Vec<u8>>, Vec<u8>);
+
+pub fn run(opts: &AuditOptions) -> Result<AuditReport, AuditError> {
+    let config = &opts.config;
+    let horizon = opts
+        .since
+        .map(|d| EventTime::now().millis() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4));
+    let checked = |ts: i64| horizon.is_none_or(|h| ts >= h);
+
+    let (mut inputs, partitions) = read_to_end(config, &config.kafka.input_topic)?;
+    inputs.sort_by_key(|(p, o, _, _)| (*p, *o));
+    let model = Model::load(&config.model.path, 1)?;
+    let engine_config = config.engine.engine_config(partitions != 1);
+    let mut engine = Engine::new(
+        model.spec().clone(),
+        &engine_config,
+        Arc::new(Store::default()),
+    );
+    // Transaction id → (features as the output writes them, timestamp): the first scoring only,
+    // as a re-delivery is scored from the state like the original.
+    let mut reference: HashMap<String, (Value, i64)> = HashMap::new();
+    for (partition, _, key, value) in &inputs {
+        let Ok(prepared) = engine.prepare(*partition, key.as_deref(), value) else {
+            continue;
+        };
+        let features =
+            serde_json::to_value(engine.spec().named(&prepared.features)).unwrap_or(Value::Null);
+        let t = prepared.transaction;
+        reference
+            .entry(t.transaction_id)
+            .or_insert((features, t.timestamp.millis()));
+    }
+
+    let (outputs, _) = read_to_end(config, &config.kafka.output_topic)?;
+    let mut report = AuditReport {
+        inputs: inputs.len() as u64,
+        ..AuditReport::default()
+    };
+    let mut seen: HashMap<&str, ()> = HashMap::new();
+    let parsed: Vec<Value> = outputs
+        .iter()
+        .filter_map(|(_, _, _, v)| serde_json::from_slice(v).ok())
+        .collect();
+    for out in &parsed {
+        let id = out["transaction_id"].as_str().unwrap_or_default();
+        let Some((want, ts)) = reference.get(id) else {
+            report.mismatches += 1;
+            report.note(
+                opts,
+                format!("{id}: output for a transaction the reference does not score"),
+            );
+            continue;
+        };
+        seen.insert(id, ());
+        if !checked(*ts) {
+            continue;
+        }
+        report.checked += 1;
+        if &out["features"] != want {
+            report.mismatches += 1;
+            report.note(
+                opts,
+                format!("{id}: output {} != reference {want}", out["features"]),
+            );
+        }
+    }
+    let mut missing: Vec<&String> = reference
+        .iter()
+        .filter(|(id, (_, ts))| checked(*ts) && !seen.contains_key(id.as_str()))
+        .map(|(id, _)| id)
+        .collect();
+    missing.sort();
+    report.missing = missing.len() as u64;
+    for id in missing {
+        report.note(opts, format!("{id}: no output"));
+    }
+    Ok(report)
+}
+
+impl AuditReport {
+    fn note(&mut self, opts: &AuditOptions, example: String) {
+        if self.examples.len() < opts.examples {
+            self.examples.push(example);
+        }
+    }
+}
+
+/// Every message of `topic` up to each partition's end as of now, and the partition count.
+fn read_to_end(config: &Config, topic: &str) -> Result<(Vec<Read>, usize), AuditError> {
+    let reader: BaseConsumer = config
+        .client(&config.kafka.consumer)
+        // Reads by assignment and commits nothing: the group id only satisfies librdkafka.
+        .set("group.id", format!("{}-audit", config.kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = reader.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        let (low, high) = reader.fetch_watermarks(topic, p, METADATA_TIMEOUT)?;
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
+        }
+    }
+    reader.assign(&tpl)?;
+    let mut messages = Vec::new();
+    let mut last = Instant::now();
+    while !ends.is_empty() {
+        if last.elapsed() > STALL {
+            return Err(AuditError::Stalled {
+                topic: topic.to_string(),
+            });
+        }
+        let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        last = Instant::now();
+        let (p, o) = (m.partition(), m.offset());
+        if ends.get(&p).is_some_and(|&end| o < end) {
+            messages.push((
+                p,
+                o,
+                m.key().map(<[u8]>::to_vec),
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+        }
+        if ends.get(&p).is_some_and(|&end| o + 1 >= end) {
+            ends.remove(&p);
+        }
+    }
+    Ok((messages, partitions.len()))
+}

@@ -144,6 +144,8 @@ pub struct EngineSection {
     pub max_future_skew: Duration,
     #[serde(default = "default_eviction_interval", deserialize_with = "duration")]
     pub eviction_interval: Duration,
+    #[serde(default = "default_max_events_per_customer")]
+    pub max_events_per_customer: usize,
 }
 
 impl Default for EngineSection {
@@ -153,6 +155,7 @@ impl Default for EngineSection {
             max_message_bytes: default_max_message_bytes(),
             max_future_skew: default_max_future_skew(),
             eviction_interval: default_eviction_interval(),
+            max_events_per_customer: default_max_events_per_customer(),
         }
     }
 }
@@ -165,6 +168,7 @@ impl EngineSection {
             allowed_lateness: self.allowed_lateness,
             max_future_skew: self.max_future_skew,
             require_key,
+            max_events_per_customer: self.max_events_per_customer,
         }
     }
 }
@@ -273,6 +277,9 @@ fn default_max_message_bytes() -> usize {
 fn default_max_future_skew() -> Duration {
     EngineConfig::default().max_future_skew
 }
+fn default_max_events_per_customer() -> usize {
+    EngineConfig::default().max_events_per_customer
+}
 fn default_eviction_interval() -> Duration {
     Duration::from_secs(10)
 }
@@ -355,6 +362,9 @@ impl Config {
         let m = &self.model;
         if self.http.max_connections == 0 {
             return Err("http.max_connections must be at least 1".into());
+        }
+        if self.engine.max_events_per_customer == 0 {
+            return Err("engine.max_events_per_customer must be at least 1".into());
         }
         if m.max_batch == 0 {
             return Err("model.max_batch must be at least 1".into());

@@ -10,7 +10,7 @@ use crate::features::{FeatureSpec, Features};
 use crate::model::{Model, ModelError};
 use crate::store::Store;
 use crate::time::EventTime;
-use crate::window::{Admission, Retention, WindowStats};
+use crate::window::{Admission, Refused, Retention, WindowStats};
 
 /// Settings of the engine that shape its answers.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +25,9 @@ pub struct EngineConfig {
     /// With more than one input partition a message must carry its customer id as key: a
     /// null key would spread one customer's history over several partitions and instances.
     pub require_key: bool,
+    /// Most events one customer may hold: window sums scan a customer's events, so this bounds
+    /// the cost of one event. Beyond it an event is dead-lettered as `oversized`.
+    pub max_events_per_customer: usize,
 }
 
 impl Default for EngineConfig {
@@ -34,6 +37,7 @@ impl Default for EngineConfig {
             allowed_lateness: Duration::from_secs(3600),
             max_future_skew: Duration::from_secs(300),
             require_key: false,
+            max_events_per_customer: 200_000,
         }
     }
 }
@@ -63,7 +67,8 @@ impl Engine {
         let lateness_ms =
             i64::try_from(config.allowed_lateness.as_millis()).unwrap_or(i64::MAX / 4);
         Engine {
-            retention: Retention::new(spec.longest_window(), lateness_ms),
+            retention: Retention::new(spec.longest_window(), lateness_ms)
+                .with_max_events(config.max_events_per_customer),
             spec: Arc::new(spec),
             max_message_bytes: config.max_message_bytes,
             max_future_skew_ms: i64::try_from(config.max_future_skew.as_millis())
@@ -127,14 +132,21 @@ impl Engine {
                 w.stats(at, windows, stats);
                 Ok(admission)
             })
-            .map_err(|late: crate::window::TooLate| {
-                Rejection::new(
+            .map_err(|refused| match refused {
+                Refused::TooLate { newest } => Rejection::new(
                     RejectReason::TooLate,
                     format!(
-                        "`timestamp` {at} is older than customer {}'s newest event {} minus the longest window and the allowed lateness",
-                        transaction.customer_id, late.newest
+                        "`timestamp` {at} is older than customer {}'s newest event {newest} minus the longest window and the allowed lateness",
+                        transaction.customer_id
                     ),
-                )
+                ),
+                Refused::Full { held } => Rejection::new(
+                    RejectReason::Oversized,
+                    format!(
+                        "customer {} holds {held} events within reach of its windows, the most engine.max_events_per_customer allows",
+                        transaction.customer_id
+                    ),
+                ),
             })?;
         let features = self.spec.compute(amount, at, &self.stats);
         Ok(Prepared {

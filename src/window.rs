@@ -26,6 +26,8 @@ impl WindowStats {
 pub struct Retention {
     longest_ms: i64,
     lateness_ms: i64,
+    /// Most events one customer may hold: bounds the per-event cost of a very hot customer.
+    max_events: usize,
 }
 
 impl Retention {
@@ -33,7 +35,12 @@ impl Retention {
         Retention {
             longest_ms: longest.millis(),
             lateness_ms: lateness_ms.max(0),
+            max_events: usize::MAX,
         }
+    }
+
+    pub fn with_max_events(self, max_events: usize) -> Retention {
+        Retention { max_events, ..self }
     }
 
     /// Events older than this, relative to the newest event seen (the customer's or the
@@ -68,10 +75,13 @@ pub enum Admission {
     Duplicate,
 }
 
-/// The event is older than the customer's newest minus the longest window minus the allowed lateness.
+/// Why an event was not added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooLate {
-    pub newest: EventTime,
+pub enum Refused {
+    /// Older than the customer's newest minus the longest window minus the allowed lateness.
+    TooLate { newest: EventTime },
+    /// The customer already holds the most events allowed, none of them about to expire.
+    Full { held: usize },
 }
 
 /// An event in 24 bytes, ordered by (timestamp, id hash). The full 64-bit keyed hash of the
@@ -106,16 +116,20 @@ impl CustomerWindows {
         id: u64,
         amount: f64,
         retention: &Retention,
-    ) -> Result<Admission, TooLate> {
+    ) -> Result<Admission, Refused> {
         if let Some(newest) = self.newest() {
             if at.millis() < retention.oldest_accepted(newest.millis()) {
-                return Err(TooLate { newest });
+                return Err(Refused::TooLate { newest });
             }
         }
         let k = (at.millis(), id);
         let pos = self.events.partition_point(|e| e.key() < k);
         if self.events.get(pos).is_some_and(|e| e.key() == k) {
             return Ok(Admission::Duplicate);
+        }
+        let held = self.held_after(at, retention);
+        if held >= retention.max_events {
+            return Err(Refused::Full { held });
         }
         let len = self.events.len();
         if len == self.events.capacity() {
@@ -148,6 +162,15 @@ impl CustomerWindows {
                 self.events.shrink_to_fit();
             }
         }
+    }
+
+    /// Events held once an event at `at` is in, not counting those it makes expire.
+    fn held_after(&self, at: EventTime, retention: &Retention) -> usize {
+        let newest = self
+            .newest()
+            .map_or(at.millis(), |n| n.millis().max(at.millis()));
+        let cut = retention.drop_at_or_before(newest);
+        self.events.len() - self.events.partition_point(|e| e.at <= cut)
     }
 
     /// Count and sum for each window (ascending lengths) ending at `at`: events in `(at - w, at]`.
@@ -228,6 +251,26 @@ mod tests {
     }
 
     #[test]
+    fn a_full_customer_refuses_new_events_until_old_ones_expire() {
+        let r = Retention::new(w(10 * MIN), 0).with_max_events(3);
+        let mut c = CustomerWindows::default();
+        for i in 0..3 {
+            c.insert(at(T0 + i), i as u64, 1.0, &r).unwrap();
+        }
+        assert_eq!(
+            c.insert(at(T0 + 5), 9, 1.0, &r),
+            Err(Refused::Full { held: 3 })
+        );
+        // A re-delivery is still recognised, not refused.
+        assert_eq!(c.insert(at(T0 + 1), 1, 1.0, &r), Ok(Admission::Duplicate));
+        // 20 minutes on, the first three are beyond every window's reach: room again.
+        assert_eq!(
+            c.insert(at(T0 + 20 * MIN + 2), 10, 1.0, &r),
+            Ok(Admission::Added)
+        );
+    }
+
+    #[test]
     fn too_late_and_eviction_follow_the_retention_rule() {
         let r = Retention::new(w(10 * MIN), 5 * MIN);
         let mut c = CustomerWindows::default();
@@ -236,7 +279,7 @@ mod tests {
         // newest - 10m - 5m = T0 + 25m is the oldest accepted time.
         assert_eq!(
             c.insert(at(T0 + 25 * MIN - 1), 3, 1.0, &r),
-            Err(TooLate {
+            Err(Refused::TooLate {
                 newest: at(T0 + 40 * MIN)
             })
         );
@@ -276,7 +319,8 @@ mod tests {
                 let amount = cents as f64 / 100.0;
                 let late = newest != i64::MIN && t < newest - 60 * MIN - lateness_min * MIN;
                 match c.insert(at(t), id, amount, &r) {
-                    Err(TooLate { newest: n }) => {
+                    Err(Refused::Full { .. }) => unreachable!("no cap here"),
+                    Err(Refused::TooLate { newest: n }) => {
                         prop_assert!(late);
                         prop_assert_eq!(n.millis(), newest);
                         continue;

@@ -102,7 +102,7 @@ fn assert_all_came_back(report: &Value, expected_sent: u64, expected_bad: u64) {
     let reasons = s["bad_sent_by_reason"].as_object().expect("reasons");
     assert_eq!(
         reasons.len(),
-        6,
+        fraudscore_contract::RejectReason::ALL.len(),
         "every rejection reason is exercised: {s:#}"
     );
     assert_eq!(report["series"].as_array().map(Vec::is_empty), Some(false));

@@ -127,9 +127,12 @@ impl CustomerWindows {
         if self.events.get(pos).is_some_and(|e| e.key() == k) {
             return Ok(Admission::Duplicate);
         }
-        let held = self.held_after(at, retention);
-        if held >= retention.max_events {
-            return Err(Refused::Full { held });
+        // Counting what would expire takes a search: only worth it near the cap.
+        if self.events.len() >= retention.max_events {
+            let held = self.held_after(at, retention);
+            if held >= retention.max_events {
+                return Err(Refused::Full { held });
+            }
         }
         let len = self.events.len();
         if len == self.events.capacity() {

@@ -109,8 +109,9 @@ pub struct GroupContext {
     /// `poll` returns, so that it drops what it still holds of them.
     pub revoked: Mutex<Vec<i32>>,
     /// Partitions assigned during the last `poll`, taken by the pipeline to restore their state
-    /// before it scores anything of them.
-    pub assigned: Mutex<Vec<i32>>,
+    /// before it scores anything of them. `Some`, possibly empty, once any assignment came: even
+    /// an empty one settles what becomes of parked partitions.
+    pub assigned: Mutex<Option<Vec<i32>>>,
     /// Revoked partitions whose window state is kept, with the offset up to which it reflects
     /// the partition: reused if the partition comes back committed at that offset (an eager
     /// rebalance revokes everything and hands most of it straight back).
@@ -134,9 +135,9 @@ impl GroupContext {
         std::mem::take(&mut *lock(&self.revoked))
     }
 
-    /// Partitions assigned since the last call.
-    pub fn take_assigned(&self) -> Vec<i32> {
-        std::mem::take(&mut *lock(&self.assigned))
+    /// Partitions assigned since the last call, if any assignment came.
+    pub fn take_assigned(&self) -> Option<Vec<i32>> {
+        lock(&self.assigned).take()
     }
 
     /// Parked partitions and the offsets their state reflects.
@@ -211,7 +212,9 @@ impl ConsumerContext for GroupContext {
                     self.shared.health.restoring(true);
                 }
                 self.shared.health.assigned(&partitions);
-                lock(&self.assigned).extend(partitions);
+                lock(&self.assigned)
+                    .get_or_insert_default()
+                    .extend(partitions);
             }
             Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
             Rebalance::Revoke(_) => {}

@@ -238,11 +238,10 @@ impl Worker {
         consumer: &BaseConsumer<GroupContext>,
         stop: &AtomicBool,
     ) -> Result<(), PipelineError> {
-        let assigned = consumer.context().take_assigned();
-        if assigned.is_empty() {
+        let Some(assigned) = consumer.context().take_assigned() else {
             return Ok(());
-        }
-        // What is batched is scored against the state as it is now, before the restore moves it.
+        };
+        // Score what is batched first: a restore can take a while.
         self.flush_batch(stop)?;
         let resumed = restore::restore(
             consumer,

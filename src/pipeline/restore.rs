@@ -46,7 +46,6 @@ pub fn restore(
     stop: &AtomicBool,
 ) -> Result<Vec<(i32, i64)>, KafkaError> {
     let topic = &config.kafka.input_topic;
-    let committed = committed_offsets(consumer, topic, assigned)?;
     let parked = consumer.context().take_parked();
     // Parked partitions not coming back belong to someone else now.
     let gone: Vec<i32> = parked
@@ -55,6 +54,10 @@ pub fn restore(
         .filter(|p| !assigned.contains(p) && !shared.health.held().contains(p))
         .collect();
     shared.store.release_partitions(&gone);
+    if assigned.is_empty() {
+        return Ok(Vec::new());
+    }
+    let committed = committed_offsets(consumer, topic, assigned)?;
 
     let (mut plans, mut resumed) = (Vec::new(), Vec::new());
     for &partition in assigned {

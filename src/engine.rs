@@ -42,6 +42,19 @@ impl Default for EngineConfig {
     }
 }
 
+impl EngineConfig {
+    /// How long the state keeps events for a model taking `spec`.
+    pub fn retention(&self, spec: &FeatureSpec) -> Retention {
+        Retention::new(spec.longest_window(), millis(self.allowed_lateness))
+            .with_max_events(self.max_events_per_customer)
+    }
+}
+
+/// A configured duration in milliseconds; absurdly long ones are capped well inside i64.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
 /// A transaction whose windows are updated and whose features are ready to score.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -64,15 +77,11 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(spec: FeatureSpec, config: &EngineConfig, store: Arc<Store>) -> Engine {
-        let lateness_ms =
-            i64::try_from(config.allowed_lateness.as_millis()).unwrap_or(i64::MAX / 4);
         Engine {
-            retention: Retention::new(spec.longest_window(), lateness_ms)
-                .with_max_events(config.max_events_per_customer),
+            retention: config.retention(&spec),
             spec: Arc::new(spec),
             max_message_bytes: config.max_message_bytes,
-            max_future_skew_ms: i64::try_from(config.max_future_skew.as_millis())
-                .unwrap_or(i64::MAX / 4),
+            max_future_skew_ms: millis(config.max_future_skew),
             require_key: config.require_key,
             store,
             stats: Vec::new(),

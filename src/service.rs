@@ -17,7 +17,6 @@ use crate::model::{Model, ModelError};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::shared::Shared;
 use crate::store::Store;
-use crate::window::Retention;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -100,9 +99,7 @@ impl Service {
         }
 
         let brokers = config.kafka.brokers.clone();
-        let lateness_ms =
-            i64::try_from(config.engine.allowed_lateness.as_millis()).unwrap_or(i64::MAX / 4);
-        let span_ms = Retention::new(spec.longest_window(), lateness_ms).span_ms();
+        let span_ms = config.engine.engine_config(true).retention(&spec).span_ms();
         let eviction_interval = config.engine.eviction_interval;
         let pipeline = Pipeline::new(config, scorer, shared.clone())?;
         info!(%brokers, "consuming");

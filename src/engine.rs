@@ -149,13 +149,16 @@ impl Engine {
                         transaction.customer_id
                     ),
                 ),
-                Refused::Full { held } => Rejection::new(
+                Refused::Full { held } => {
+                    self.store.refused_full();
+                    Rejection::new(
                     RejectReason::Oversized,
                     format!(
                         "customer {} holds {held} events within reach of its windows, the most engine.max_events_per_customer allows",
                         transaction.customer_id
                     ),
-                ),
+                )
+                }
             })?;
         let features = self.spec.compute(amount, at, &self.stats);
         Ok(Prepared {
@@ -377,6 +380,33 @@ mod tests {
                 .unwrap()
                 .duplicate
         );
+    }
+
+    #[test]
+    fn a_customer_at_the_cap_is_refused_as_oversized_and_counted() {
+        let config = EngineConfig {
+            max_events_per_customer: 2,
+            ..EngineConfig::default()
+        };
+        let mut e = Engine::new(
+            FeatureSpec::for_model::<&str>(&[]).unwrap(),
+            &config,
+            Arc::new(Store::default()),
+        );
+        let at = now_ms() - 60_000;
+        for id in ["a", "b"] {
+            e.prepare(0, None, &tx_at(id, "hot", 1.0, at)).unwrap();
+        }
+        let r = e.prepare(0, None, &tx_at("c", "hot", 1.0, at)).unwrap_err();
+        assert_eq!(r.reason, RejectReason::Oversized);
+        assert!(
+            r.message.contains("max_events_per_customer"),
+            "{}",
+            r.message
+        );
+        assert_eq!(e.store().take_full_refusals(), 1);
+        // Other customers are not affected.
+        assert!(e.prepare(0, None, &tx_at("d", "cool", 1.0, at)).is_ok());
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub commit_failures: IntCounter,
     pub outputs_truncated: IntCounter,
     pub customers_evicted: IntCounter,
+    pub customers_full: IntCounter,
     pub restore_seconds: Histogram,
     pub restore_events: IntCounter,
     pub state_horizon_seconds: prometheus::GaugeVec,
@@ -145,6 +146,11 @@ impl Metrics {
             "Customers removed from memory because their newest event is beyond every window's reach",
         )
         .expect("valid metric");
+        let customers_full = IntCounter::new(
+            "fraudscore_customer_cap_refusals_total",
+            "Events dead-lettered as oversized because their customer held engine.max_events_per_customer",
+        )
+        .expect("valid metric");
         let restore_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "fraudscore_restore_seconds",
@@ -183,6 +189,7 @@ impl Metrics {
             Box::new(commit_failures.clone()),
             Box::new(outputs_truncated.clone()),
             Box::new(customers_evicted.clone()),
+            Box::new(customers_full.clone()),
             Box::new(restore_seconds.clone()),
             Box::new(restore_events.clone()),
             Box::new(state_horizon_seconds.clone()),
@@ -214,6 +221,7 @@ impl Metrics {
             commit_failures,
             outputs_truncated,
             customers_evicted,
+            customers_full,
             restore_seconds,
             restore_events,
             state_horizon_seconds,

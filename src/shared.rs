@@ -94,6 +94,7 @@ impl Shared {
         let m = &self.metrics;
         m.customers.set(self.store.customers() as i64);
         m.window_events.set(self.store.window_events());
+        m.customers_full.inc_by(self.store.take_full_refusals());
         m.state_horizon_seconds.reset();
         for (partition, ms) in self.store.horizons() {
             m.state_horizon_seconds

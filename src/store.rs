@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use dashmap::DashMap;
@@ -36,6 +36,9 @@ pub struct Store {
     watermarks: Mutex<HashMap<i32, Marks>>,
     /// Seeds the transaction-id hashes, so that nobody outside can craft two ids that collide.
     id_seed: u64,
+    /// Events refused because their customer held `max_events_per_customer`: added to by the
+    /// pipeline thread, taken by the metrics render.
+    full_refusals: AtomicU64,
 }
 
 impl Default for Store {
@@ -47,6 +50,7 @@ impl Default for Store {
             events: AtomicI64::new(0),
             watermarks: Mutex::default(),
             id_seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64),
+            full_refusals: AtomicU64::new(0),
         }
     }
 }
@@ -96,6 +100,16 @@ impl Store {
         mark.newest = mark.newest.max(ms);
         mark.oldest = mark.oldest.min(ms);
         Ok(())
+    }
+
+    /// An event was refused because its customer is at the per-customer cap.
+    pub fn refused_full(&self) {
+        self.full_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refusals at the cap since the last call.
+    pub fn take_full_refusals(&self) -> u64 {
+        self.full_refusals.swap(0, Ordering::Relaxed)
     }
 
     /// Per partition, how far back in event time its state reaches, in ms.

@@ -800,3 +800,49 @@ fn rebalance_under_load(protocol: Protocol) {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3. A fatal error of the idempotent producer
+// ---------------------------------------------------------------------------------------------
+
+/// The broker refuses the producer an id (a fatal error for an idempotent producer): the service
+/// stops on its own with an error, so the process exits non-zero, and commits nothing it did
+/// not deliver.
+#[test]
+fn a_fatal_producer_error_stops_the_service_with_an_error_committing_nothing_undelivered() {
+    let _serial = serial();
+    logs();
+    let cluster = cluster(1);
+    let brokers = cluster.bootstrap_servers();
+    // The input first, by a producer that got its own id.
+    let input = producer(&brokers);
+    send(&input, b"c-1", &transaction("t-1", "c-1", 5.0), None);
+    input.flush(Duration::from_secs(10)).expect("flushed");
+    // The next producer id asked for, the service's, is refused.
+    cluster.request_errors(
+        rdkafka::types::RDKafkaApiKey::InitProducerId,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED],
+    );
+    let service = Running::start(config(&brokers, &[]));
+    let ended = wait_until(Duration::from_secs(60), || service.is_finished());
+    assert!(
+        ended,
+        "the service stops on its own after a fatal producer error"
+    );
+    let (result, _) = service.stop_within(Duration::from_secs(30));
+    assert!(
+        matches!(
+            result,
+            Err(ServiceError::Pipeline(
+                fraudscore::pipeline::PipelineError::ProducerFatal(_)
+            ))
+        ),
+        "{result:?}"
+    );
+    let (committed, ends) = committed_and_ends(&brokers, 1);
+    assert_eq!(ends, [1]);
+    assert!(
+        committed[0] < 1,
+        "nothing undelivered is committed: {committed:?}"
+    );
+}

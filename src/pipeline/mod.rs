@@ -50,7 +50,7 @@ pub enum PipelineError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("stopping: the output producer failed fatally ({0}); what was acknowledged is committed, the rest is re-scored after a restart")]
-    ProducerFatal(KafkaError),
+    ProducerFatal(String),
     #[error("stopping: the output of partition {partition} offset {offset} cannot be produced even truncated ({error}); it stays uncommitted")]
     Undeliverable {
         partition: i32,
@@ -209,6 +209,11 @@ impl Worker {
                 None => self.flush_batch(stop)?,
             }
             self.resend_failed(stop)?;
+            // A fatal error can come from the producer's own thread with nothing to send (an id
+            // refused at start): the pipeline would wait for acknowledgements for ever.
+            if let Some(fatal) = self.output.fatal_error() {
+                return Err(PipelineError::ProducerFatal(fatal));
+            }
             self.commits.tick(consumer, &self.shared);
         }
         Ok(())
@@ -385,7 +390,7 @@ impl Worker {
                 self.abandoned.set(self.abandoned.get() + 1);
                 Ok(Sent::Abandoned)
             }
-            Err(SendError::Fatal(e)) => Err(PipelineError::ProducerFatal(e)),
+            Err(SendError::Fatal(e)) => Err(PipelineError::ProducerFatal(e.to_string())),
             Err(SendError::Refused(error)) => {
                 let mut why = describe_refusal(topic, key, payload, &error);
                 if let Some(first) = first {
@@ -434,7 +439,7 @@ impl Worker {
                 self.abandoned.set(self.abandoned.get() + 1);
                 Ok(())
             }
-            Err(SendError::Fatal(e)) => Err(PipelineError::ProducerFatal(e)),
+            Err(SendError::Fatal(e)) => Err(PipelineError::ProducerFatal(e.to_string())),
             Err(SendError::Refused(_)) => Err(PipelineError::Undeliverable {
                 partition: source.partition,
                 offset: source.offset,
@@ -474,7 +479,7 @@ impl Worker {
                 continue;
             }
             match classify(&f.error) {
-                ErrorKind::Fatal => return Err(PipelineError::ProducerFatal(f.error)),
+                ErrorKind::Fatal => return Err(PipelineError::ProducerFatal(f.error.to_string())),
                 ErrorKind::Permanent => {
                     let why = describe_refusal(
                         &f.topic,

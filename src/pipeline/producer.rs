@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::BaseRecord;
+use rdkafka::producer::{BaseRecord, Producer};
 use tracing::warn;
 
 use super::clients::{Delivery, Failed, OutputProducer};
@@ -115,6 +115,14 @@ impl Output {
                 }
             }
         }
+    }
+
+    /// The producer's fatal error, once it has one: nothing more can be produced by it.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code:?}: {reason}"))
     }
 
     /// Deliveries that failed since the last call.

@@ -108,6 +108,22 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `fraudscore <args>` with the shipped config pointed at this test's broker, topics, group
+/// and the shipped model.
+fn fraudscore(args: &[&str], brokers: &str, names: &Names) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fraudscore"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(root().join("config/fraudscore.toml"))
+        .env("FRAUDSCORE__KAFKA__BROKERS", brokers)
+        .env("FRAUDSCORE__KAFKA__GROUP_ID", &names.group)
+        .env("FRAUDSCORE__KAFKA__INPUT_TOPIC", &names.input)
+        .env("FRAUDSCORE__KAFKA__OUTPUT_TOPIC", &names.scored)
+        .env("FRAUDSCORE__KAFKA__DLQ_TOPIC", &names.dlq)
+        .env("FRAUDSCORE__MODEL__PATH", model_path());
+    cmd
+}
+
 /// A `fraudscore run` child process.
 struct Instance {
     child: Child,
@@ -117,16 +133,8 @@ struct Instance {
 impl Instance {
     fn start(brokers: &str, names: &Names, extra: &[(&str, &str)]) -> Instance {
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fraudscore"));
-        cmd.args(["run", "--config"])
-            .arg(root().join("config/fraudscore.toml"))
-            .env("FRAUDSCORE__KAFKA__BROKERS", brokers)
-            .env("FRAUDSCORE__KAFKA__GROUP_ID", &names.group)
-            .env("FRAUDSCORE__KAFKA__INPUT_TOPIC", &names.input)
-            .env("FRAUDSCORE__KAFKA__OUTPUT_TOPIC", &names.scored)
-            .env("FRAUDSCORE__KAFKA__DLQ_TOPIC", &names.dlq)
-            .env("FRAUDSCORE__MODEL__PATH", model_path())
-            .env("FRAUDSCORE__HTTP__LISTEN", http.to_string())
+        let mut cmd = fraudscore(&["run"], brokers, names);
+        cmd.env("FRAUDSCORE__HTTP__LISTEN", http.to_string())
             .env("RUST_LOG", "warn,fraudscore=info")
             .stdin(Stdio::null());
         for (k, v) in extra {
@@ -608,15 +616,7 @@ fn stop_mid_stream_and_restart(sig: &str) {
 /// `fraudscore audit` on this test's topics: whether it found every output's features equal to
 /// one uninterrupted run's and nothing missing, and what it printed.
 fn audit(brokers: &str, names: &Names) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fraudscore"))
-        .args(["audit", "--examples", "3", "--config"])
-        .arg(root().join("config/fraudscore.toml"))
-        .env("FRAUDSCORE__KAFKA__BROKERS", brokers)
-        .env("FRAUDSCORE__KAFKA__GROUP_ID", &names.group)
-        .env("FRAUDSCORE__KAFKA__INPUT_TOPIC", &names.input)
-        .env("FRAUDSCORE__KAFKA__OUTPUT_TOPIC", &names.scored)
-        .env("FRAUDSCORE__KAFKA__DLQ_TOPIC", &names.dlq)
-        .env("FRAUDSCORE__MODEL__PATH", model_path())
+    let out = fraudscore(&["audit", "--examples", "3"], brokers, names)
         .output()
         .expect("running fraudscore audit");
     let text =

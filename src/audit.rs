@@ -7,17 +7,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::sync::atomic::AtomicBool;
+
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::model::{Model, ModelError};
+use crate::spans::{self, Span};
 use crate::store::Store;
 use crate::time::EventTime;
 
@@ -66,7 +68,7 @@ impl AuditReport {
 }
 
 /// One message as read: partition, offset, key, value.
-type Read = (i32, i64, Option<Vec<u8>>, Vec<u8>);
+type Record = (i32, i64, Option<Vec<u8>>, Vec<u8>);
 
 pub fn run(opts: &AuditOptions) -> Result<AuditReport, AuditError> {
     let config = &opts.config;
@@ -154,53 +156,33 @@ impl AuditReport {
 }
 
 /// Every message of `topic` up to each partition's end as of now, and the partition count.
-fn read_to_end(config: &Config, topic: &str) -> Result<(Vec<Read>, usize), AuditError> {
-    let reader: BaseConsumer = config
-        .client(&config.kafka.consumer)
-        // Reads by assignment and commits nothing: the group id only satisfies librdkafka.
-        .set("group.id", format!("{}-audit", config.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .create()?;
+fn read_to_end(config: &Config, topic: &str) -> Result<(Vec<Record>, usize), AuditError> {
+    let reader = spans::reader(config, "audit")?;
     let metadata = reader.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for &p in &partitions {
-        let (low, high) = reader.fetch_watermarks(topic, p, METADATA_TIMEOUT)?;
-        if high > low {
-            ends.insert(p, high);
-            tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
-        }
+    let mut to_end = Vec::with_capacity(partitions.len());
+    for &partition in &partitions {
+        let (from, to) = reader.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+        to_end.push(Span {
+            partition,
+            from,
+            to,
+        });
     }
-    reader.assign(&tpl)?;
     let mut messages = Vec::new();
-    let mut last = Instant::now();
-    while !ends.is_empty() {
-        if last.elapsed() > STALL {
-            return Err(AuditError::Stalled {
-                topic: topic.to_string(),
-            });
-        }
-        let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        last = Instant::now();
-        let (p, o) = (m.partition(), m.offset());
-        if ends.get(&p).is_some_and(|&end| o < end) {
-            messages.push((
-                p,
-                o,
-                m.key().map(<[u8]>::to_vec),
-                m.payload().unwrap_or_default().to_vec(),
-            ));
-        }
-        if ends.get(&p).is_some_and(|&end| o + 1 >= end) {
-            ends.remove(&p);
-        }
+    let never = AtomicBool::new(false);
+    let read = spans::read(&reader, topic, &to_end, &never, Some(STALL), |m| {
+        let (key, value) = (m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default());
+        messages.push((m.partition(), m.offset(), key, value.to_vec()));
+    })?;
+    if read == spans::Read::Stalled {
+        return Err(AuditError::Stalled {
+            topic: topic.to_string(),
+        });
     }
     Ok((messages, partitions.len()))
 }

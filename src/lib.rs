@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod replay;
 pub mod service;
 pub mod shared;
+pub mod spans;
 pub mod store;
 pub mod time;
 pub mod window;

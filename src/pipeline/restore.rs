@@ -7,32 +7,23 @@
 //! uninterrupted run would have.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::clients::GroupContext;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::shared::Shared;
+use crate::spans::{self, Span};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-
-/// Where scoring of a partition starts, and where its rebuild starts and ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Plan {
-    partition: i32,
-    /// The earliest offset retained.
-    from: i64,
-    /// The committed offset: scoring resumes here, so the state must hold everything before it.
-    to: i64,
-}
 
 /// Restores the newly `assigned` partitions and returns where each resumes. Partitions revoked
 /// earlier keep their state, parked with the offset it reflects: if the group committed exactly
@@ -48,10 +39,11 @@ pub fn restore(
     let topic = &config.kafka.input_topic;
     let parked = consumer.context().take_parked();
     // Parked partitions not coming back belong to someone else now.
+    let held = shared.health.held();
     let gone: Vec<i32> = parked
         .keys()
         .copied()
-        .filter(|p| !assigned.contains(p) && !shared.health.held().contains(p))
+        .filter(|p| !assigned.contains(p) && !held.contains(p))
         .collect();
     shared.store.release_partitions(&gone);
     if assigned.is_empty() {
@@ -78,7 +70,7 @@ pub fn restore(
         }
         shared.store.release_partitions(&[partition]);
         if to > low {
-            plans.push(Plan {
+            plans.push(Span {
                 partition,
                 from: low,
                 to,
@@ -96,58 +88,37 @@ fn rebuild(
     engine: &mut Engine,
     shared: &Shared,
     config: &Config,
-    plans: &[Plan],
+    plans: &[Span],
     stop: &AtomicBool,
 ) -> Result<(), KafkaError> {
-    let topic = &config.kafka.input_topic;
     let started = Instant::now();
-    let reader: BaseConsumer = config
-        .client(&config.kafka.consumer)
-        // Reads by assignment, commits nothing: the group id only satisfies librdkafka.
-        .set("group.id", format!("{}-restore", config.kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    let mut left: HashMap<i32, i64> = HashMap::new();
-    for plan in plans {
-        tpl.add_partition_offset(topic, plan.partition, Offset::Offset(plan.from))?;
-        left.insert(plan.partition, plan.to);
-    }
-    reader.assign(&tpl)?;
+    let reader = spans::reader(config, "restore")?;
     info!(?plans, "rebuilding window state from the input topic");
     let (mut applied, mut last_report) = (0u64, Instant::now());
-    while !left.is_empty() && !stop.load(Ordering::Relaxed) {
-        let msg = match reader.poll(Duration::from_millis(100)) {
-            Some(Ok(msg)) => msg,
-            Some(Err(e)) => {
-                warn!(error = %e, "reading the input topic to rebuild state");
-                continue;
-            }
-            None => continue,
-        };
-        let (partition, offset) = (msg.partition(), msg.offset());
-        let Some(&to) = left.get(&partition) else {
-            continue;
-        };
-        if offset < to {
+    spans::read(
+        &reader,
+        &config.kafka.input_topic,
+        plans,
+        stop,
+        None,
+        |msg| {
             // Rejections included: a message rejected then is rejected now and changes nothing.
-            let _ = engine.prepare(partition, msg.key(), msg.payload().unwrap_or_default());
-            applied += 1;
-        }
-        if offset + 1 >= to {
-            left.remove(&partition);
-        }
-        if last_report.elapsed() >= PROGRESS_EVERY {
-            last_report = Instant::now();
-            info!(
-                applied,
-                per_second = (applied as f64 / started.elapsed().as_secs_f64()) as u64,
-                partitions_left = left.len(),
-                "rebuilding window state"
+            let _ = engine.prepare(
+                msg.partition(),
+                msg.key(),
+                msg.payload().unwrap_or_default(),
             );
-        }
-    }
+            applied += 1;
+            if last_report.elapsed() >= PROGRESS_EVERY {
+                last_report = Instant::now();
+                info!(
+                    applied,
+                    per_second = (applied as f64 / started.elapsed().as_secs_f64()) as u64,
+                    "rebuilding window state"
+                );
+            }
+        },
+    )?;
     let seconds = started.elapsed().as_secs_f64();
     shared.metrics.restore_seconds.observe(seconds);
     shared.metrics.restore_events.inc_by(applied);

@@ -37,7 +37,7 @@ fn warmed(spec: FeatureSpec) -> (Engine, Stream) {
     let started = Instant::now();
     for _ in 0..events {
         let (key, value) = stream.next_message();
-        let _ = black_box(engine.prepare(0, Some(key), value));
+        let _ = black_box(engine.prepare(0, 0, Some(key), value));
     }
     eprintln!(
         "warmed {days} days ({events} events) in {:.1?}: {} customers, {} events held",
@@ -67,7 +67,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("decode_window_features", |b| {
         b.iter(|| {
             let (key, value) = stream.next_message();
-            black_box(engine.prepare(0, Some(key), value).is_ok())
+            black_box(engine.prepare(0, 0, Some(key), value).is_ok())
         })
     });
     g.bench_function("decode_rfc3339_example", |b| {
@@ -83,7 +83,7 @@ fn benches(c: &mut Criterion) {
                 prepared.clear();
                 while prepared.len() < batch {
                     let (key, value) = stream.next_message();
-                    if let Ok(p) = engine.prepare(0, Some(key), value) {
+                    if let Ok(p) = engine.prepare(0, 0, Some(key), value) {
                         prepared.push(p);
                     }
                 }

@@ -52,7 +52,7 @@ fn main() {
     let mut engine = Engine::new(spec, &EngineConfig::default(), store.clone());
     for _ in 0..events {
         let (key, value) = stream.next_message();
-        let _ = engine.prepare(0, Some(key), value);
+        let _ = engine.prepare(0, 0, Some(key), value);
     }
     let total = LIVE.load(Ordering::Relaxed) - before;
     let customers = store.customers();
@@ -93,7 +93,7 @@ fn unique_customers() {
                 r#"{{"transaction_id":"u{i}","customer_id":"u{i}","amount":1,"timestamp":{}}}"#,
                 t0 + i * 5_000
             );
-            let _ = engine.prepare(0, None, value.as_bytes());
+            let _ = engine.prepare(0, 0, None, value.as_bytes());
             if evict && i % 720 == 0 {
                 store.evict_idle(span);
             }

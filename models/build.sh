@@ -4,8 +4,9 @@
 #     bash models/build.sh
 #
 # 1. the Python venv .tools/venv with models/requirements.txt (created if missing);
-# 2. the simulator: 183 days, 5,000 customers, 10,000 terminals, fixed seed -> out/models/transactions.jsonl;
-# 3. the engine's offline replay, computing every candidate feature -> out/models/features.jsonl;
+# 2. the simulator: 183 days, 5,000 customers, 10,000 terminals, fixed seed -> out/models/transactions.jsonl,
+#    and one fraud label per transaction, known 7 days after it -> out/models/labels.jsonl;
+# 3. the engine's offline replay of both, computing every candidate feature -> out/models/features.jsonl;
 # 4. models/train.py: feature-set comparison, book protocol metrics, the shipped model
 #    -> models/fraud.onnx and models/report.json;
 # 5. models/make_fixture.py: the scorer parity fixture -> models/fixtures/model_expected.json.
@@ -28,11 +29,12 @@ cargo build --release --quiet -p loadgen -p fraudscore
 BIN=$(cargo metadata --format-version 1 --no-deps | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
 
 step "simulating (seed $SEED)"
-"$BIN/loadgen" simulate --seed "$SEED" --output "$DATA/transactions.jsonl"
+"$BIN/loadgen" simulate --seed "$SEED" --output "$DATA/transactions.jsonl" \
+    --labels "$DATA/labels.jsonl" --label-delay 7d
 
 FEATURES=$("$PY" models/train.py --list-features)
 step "replaying through the engine: $FEATURES"
-"$BIN/fraudscore" replay --features "$FEATURES" \
+"$BIN/fraudscore" replay --features "$FEATURES" --labels "$DATA/labels.jsonl" \
     --input "$DATA/transactions.jsonl" --output "$DATA/features.jsonl" --dlq "$DATA/rejected.jsonl"
 if [ -s "$DATA/rejected.jsonl" ]; then
     echo "the engine rejected simulator lines, see $DATA/rejected.jsonl" >&2

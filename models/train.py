@@ -57,6 +57,23 @@ CANDIDATE_SETS = {
         "customer_avg_amount_1d", "customer_avg_amount_30d", "customer_sum_amount_1d",
         "amount_to_avg_1d", "amount_to_avg_7d", "amount_to_avg_30d",
     ],
+    # The book's terminal features: labelled transactions and the share of frauds among them at
+    # the terminal, over 1, 7 and 30 days ending 7 days before the transaction (labels known then).
+    "book+terminal": ALWAYS + [
+        "amount", "hour_of_day", "is_weekend",
+        "customer_tx_count_1d", "customer_tx_count_7d", "customer_tx_count_30d",
+        "customer_avg_amount_1d", "customer_avg_amount_30d",
+        "terminal_tx_count_1d_delay_7d", "terminal_tx_count_7d_delay_7d", "terminal_tx_count_30d_delay_7d",
+        "terminal_risk_1d_delay_7d", "terminal_risk_7d_delay_7d", "terminal_risk_30d_delay_7d",
+    ],
+    "book+ratios+terminal": ALWAYS + [
+        "amount", "hour_of_day", "is_weekend",
+        "customer_tx_count_1d", "customer_tx_count_7d", "customer_tx_count_30d",
+        "customer_avg_amount_1d", "customer_avg_amount_30d",
+        "amount_to_avg_1d", "amount_to_avg_7d", "amount_to_avg_30d",
+        "terminal_tx_count_1d_delay_7d", "terminal_tx_count_7d_delay_7d", "terminal_tx_count_30d_delay_7d",
+        "terminal_risk_1d_delay_7d", "terminal_risk_7d_delay_7d", "terminal_risk_30d_delay_7d",
+    ],
 }
 
 LGBM_PARAMS = {

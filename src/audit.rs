@@ -3,7 +3,9 @@
 //!
 //! The reference replays each input partition in offset order (the order the service consumes
 //! it), so whatever restarts, crashes and rebalances the service went through, its outputs must
-//! match message for message. Reads both topics up to their ends as of the start.
+//! match message for message. For a model with terminal features, every label of the labels
+//! topic is known to the reference from its `labelled_at` on, as to the service once it has read
+//! it. Reads the topics up to their ends as of the start.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,10 +19,13 @@ use rdkafka::message::Message;
 use serde_json::Value;
 
 use crate::config::Config;
+use crate::decode;
 use crate::engine::Engine;
 use crate::model::{Model, ModelError};
+use crate::replay::LabelFeed;
 use crate::spans::{self, Span};
 use crate::store::Store;
+use crate::terminals::Terminals;
 use crate::time::EventTime;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,16 +86,31 @@ pub fn run(opts: &AuditOptions) -> Result<AuditReport, AuditError> {
     inputs.sort_by_key(|(p, o, _, _)| (*p, *o));
     let model = Model::load(&config.model.path, 1)?;
     let engine_config = config.engine.engine_config(partitions != 1);
+    // Labels count from their labelled_at on, so all can be known up front, kept however old.
+    let terminals = Arc::new(Terminals::new(i64::MAX / 4));
+    if !model.spec().terminal_windows().is_empty() {
+        let (labels, _) = read_to_end(config, &config.labels.topic)?;
+        let labels = labels
+            .iter()
+            .filter_map(|(_, _, _, v)| {
+                decode::decode_label(v, engine_config.max_message_bytes).ok()
+            })
+            .filter(|l| decode::label_in_time(l, engine_config.max_future_skew).is_ok())
+            .collect();
+        let mut feed = LabelFeed::new(labels, terminals.clone());
+        feed.until(EventTime::END);
+    }
     let mut engine = Engine::new(
         model.spec().clone(),
         &engine_config,
         Arc::new(Store::default()),
-    );
+    )
+    .with_terminals(terminals);
     // Transaction id → (features as the output writes them, timestamp): the first scoring only,
     // as a re-delivery is scored from the state like the original.
     let mut reference: HashMap<String, (Value, i64)> = HashMap::new();
-    for (partition, _, key, value) in &inputs {
-        let Ok(prepared) = engine.prepare(*partition, key.as_deref(), value) else {
+    for (partition, offset, key, value) in &inputs {
+        let Ok(prepared) = engine.prepare(*partition, *offset, key.as_deref(), value) else {
             continue;
         };
         let features =

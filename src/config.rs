@@ -37,6 +37,10 @@ pub struct Config {
     #[serde(default)]
     pub engine: EngineSection,
     #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub labels: LabelsConfig,
+    #[serde(default)]
     pub http: HttpConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -171,6 +175,59 @@ impl EngineSection {
             max_events_per_customer: self.max_events_per_customer,
         }
     }
+}
+
+/// Where fraud labels come from.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsConfig {
+    #[serde(default = "default_labels_topic")]
+    pub topic: String,
+}
+
+impl Default for LabelsConfig {
+    fn default() -> Self {
+        LabelsConfig {
+            topic: default_labels_topic(),
+        }
+    }
+}
+
+fn default_labels_topic() -> String {
+    "fraud-labels".into()
+}
+
+/// Where the window state is saved, and how often.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+    /// Zero: no snapshots are written or read; a restore rebuilds from the input topic.
+    #[serde(default = "default_snapshot_interval", deserialize_with = "duration")]
+    pub snapshot_interval: Duration,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: default_state_dir(),
+            snapshot_interval: default_snapshot_interval(),
+        }
+    }
+}
+
+impl StateConfig {
+    pub fn snapshots(&self) -> bool {
+        !self.snapshot_interval.is_zero()
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+fn default_snapshot_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

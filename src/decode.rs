@@ -1,4 +1,5 @@
-//! Decoding one input message value into a validated [`Transaction`], or a [`Rejection`] with its reason.
+//! Decoding one input message value into a validated [`Transaction`] (or a fraud [`Label`]), or a
+//! [`Rejection`] with its reason.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -65,6 +66,42 @@ pub struct Transaction {
     pub timestamp: EventTime,
 }
 
+/// One validated fraud label: the outcome of an earlier transaction, learned later.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Label {
+    pub transaction_id: String,
+    pub customer_id: CustomerId,
+    pub terminal_id: String,
+    /// The labelled transaction's time.
+    pub timestamp: EventTime,
+    pub fraud: bool,
+    /// When the outcome became known: from then on it counts. The transaction's time when absent.
+    pub labelled_at: EventTime,
+}
+
+/// Refuses a label whose transaction time is more than `max_future_skew` ahead of the wall
+/// clock, as for transactions: a label from the future would make every other label look too
+/// old to keep.
+pub fn label_in_time(label: &Label, max_future_skew: std::time::Duration) -> Result<(), Rejection> {
+    let now = EventTime::now();
+    let skew_ms = i64::try_from(max_future_skew.as_millis()).unwrap_or(i64::MAX / 4);
+    if label.timestamp.millis() > now.millis().saturating_add(skew_ms) {
+        return Err(Rejection::new(
+            RejectReason::TimestampOutOfRange,
+            format!(
+                "`timestamp` {} is more than max_future_skew = {skew_ms} ms ahead of the wall clock ({now})",
+                label.timestamp
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes and validates one message value of the labels topic.
+pub fn decode_label(value: &[u8], max_message_bytes: usize) -> Result<Label, Rejection> {
+    parse(value, max_message_bytes)?.validate_label()
+}
+
 /// Decodes and validates one message value. `key`, when present, must be the customer id:
 /// window state is partitioned by key, so a mismatch would put the customer's history in two places.
 pub fn decode(
@@ -72,27 +109,7 @@ pub fn decode(
     value: &[u8],
     max_message_bytes: usize,
 ) -> Result<Transaction, Rejection> {
-    if value.len() > max_message_bytes {
-        return Err(Rejection::new(
-            RejectReason::Oversized,
-            format!(
-                "message is {} bytes, over max_message_bytes = {max_message_bytes}",
-                value.len()
-            ),
-        ));
-    }
-    let raw: RawTransaction = serde_json::from_slice(value).map_err(|e| {
-        let message = e.to_string();
-        match e.classify() {
-            // Field-level problems are found by our own visitor and tagged as such.
-            serde_json::error::Category::Data if message.starts_with(FIELD_TAG) => Rejection::new(
-                RejectReason::InvalidField,
-                strip_position(&message[FIELD_TAG.len()..]),
-            ),
-            _ => Rejection::new(RejectReason::InvalidJson, message),
-        }
-    })?;
-    let transaction = raw.validate()?;
+    let transaction = parse(value, max_message_bytes)?.validate()?;
     if let Some(key) = key {
         if key != transaction.customer_id.as_str().as_bytes() {
             // The key is the client's bytes: quote a bounded prefix of it, never all of it.
@@ -110,6 +127,30 @@ pub fn decode(
         }
     }
     Ok(transaction)
+}
+
+/// The message's fields, not yet validated.
+fn parse(value: &[u8], max_message_bytes: usize) -> Result<RawMessage<'_>, Rejection> {
+    if value.len() > max_message_bytes {
+        return Err(Rejection::new(
+            RejectReason::Oversized,
+            format!(
+                "message is {} bytes, over max_message_bytes = {max_message_bytes}",
+                value.len()
+            ),
+        ));
+    }
+    serde_json::from_slice(value).map_err(|e| {
+        let message = e.to_string();
+        match e.classify() {
+            // Field-level problems are found by our own visitor and tagged as such.
+            serde_json::error::Category::Data if message.starts_with(FIELD_TAG) => Rejection::new(
+                RejectReason::InvalidField,
+                strip_position(&message[FIELD_TAG.len()..]),
+            ),
+            _ => Rejection::new(RejectReason::InvalidJson, message),
+        }
+    })
 }
 
 /// serde_json appends " at line L column C" to custom errors; the field name says enough.
@@ -195,13 +236,16 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
+/// The fields of a transaction or a label, as they appeared.
 #[derive(Default)]
-struct RawTransaction<'a> {
+struct RawMessage<'a> {
     transaction_id: Option<Scalar<'a>>,
     customer_id: Option<Scalar<'a>>,
     terminal_id: Option<Scalar<'a>>,
     amount: Option<Scalar<'a>>,
     timestamp: Option<Scalar<'a>>,
+    label: Option<Scalar<'a>>,
+    labelled_at: Option<Scalar<'a>>,
 }
 
 /// The fields we read; everything else is skipped without allocating.
@@ -211,6 +255,8 @@ enum Field {
     TerminalId,
     Amount,
     Timestamp,
+    Label,
+    LabelledAt,
     Other,
 }
 
@@ -222,6 +268,8 @@ impl Field {
             Field::TerminalId => "terminal_id",
             Field::Amount => "amount",
             Field::Timestamp => "timestamp",
+            Field::Label => "label",
+            Field::LabelledAt => "labelled_at",
             Field::Other => "",
         }
     }
@@ -242,6 +290,8 @@ impl<'de> de::Deserialize<'de> for Field {
                     "terminal_id" => Field::TerminalId,
                     "amount" => Field::Amount,
                     "timestamp" => Field::Timestamp,
+                    "label" => Field::Label,
+                    "labelled_at" => Field::LabelledAt,
                     _ => Field::Other,
                 })
             }
@@ -250,16 +300,16 @@ impl<'de> de::Deserialize<'de> for Field {
     }
 }
 
-impl<'de> de::Deserialize<'de> for RawTransaction<'de> {
+impl<'de> de::Deserialize<'de> for RawMessage<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = RawTransaction<'de>;
+            type Value = RawMessage<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut raw = RawTransaction::default();
+                let mut raw = RawMessage::default();
                 while let Some(field) = map.next_key::<Field>()? {
                     let slot = match field {
                         Field::TransactionId => &mut raw.transaction_id,
@@ -267,6 +317,8 @@ impl<'de> de::Deserialize<'de> for RawTransaction<'de> {
                         Field::TerminalId => &mut raw.terminal_id,
                         Field::Amount => &mut raw.amount,
                         Field::Timestamp => &mut raw.timestamp,
+                        Field::Label => &mut raw.label,
+                        Field::LabelledAt => &mut raw.labelled_at,
                         Field::Other => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -287,7 +339,45 @@ impl<'de> de::Deserialize<'de> for RawTransaction<'de> {
     }
 }
 
-impl RawTransaction<'_> {
+impl RawMessage<'_> {
+    fn validate_label(self) -> Result<Label, Rejection> {
+        let transaction_id = id(
+            "transaction_id",
+            required("transaction_id", self.transaction_id)?,
+        )?;
+        let customer_id = id("customer_id", required("customer_id", self.customer_id)?)?;
+        let terminal_id = id("terminal_id", required("terminal_id", self.terminal_id)?)?;
+        let timestamp = timestamp("timestamp", required("timestamp", self.timestamp)?)?;
+        let fraud = match required("label", self.label)? {
+            Scalar::Str(s) if s == "fraud" => true,
+            Scalar::Str(s) if s == "genuine" => false,
+            other => {
+                return Err(invalid(
+                    "label",
+                    format!("must be \"fraud\" or \"genuine\", got {}", other.describe()),
+                ))
+            }
+        };
+        let labelled_at = match self.labelled_at {
+            None | Some(Scalar::Null) => timestamp,
+            Some(v) => timestamp_field("labelled_at", v)?,
+        };
+        if labelled_at < timestamp {
+            return Err(invalid(
+                "labelled_at",
+                format!("({labelled_at}) is before the transaction's timestamp ({timestamp})"),
+            ));
+        }
+        Ok(Label {
+            transaction_id,
+            customer_id: CustomerId::new(customer_id),
+            terminal_id,
+            timestamp,
+            fraud,
+            labelled_at,
+        })
+    }
+
     fn validate(self) -> Result<Transaction, Rejection> {
         let transaction_id = id(
             "transaction_id",
@@ -299,7 +389,7 @@ impl RawTransaction<'_> {
             Some(v) => Some(id("terminal_id", v)?),
         };
         let amount = amount(required("amount", self.amount)?)?;
-        let timestamp = timestamp(required("timestamp", self.timestamp)?)?;
+        let timestamp = timestamp("timestamp", required("timestamp", self.timestamp)?)?;
         Ok(Transaction {
             transaction_id,
             customer_id: CustomerId::new(customer_id),
@@ -374,21 +464,18 @@ fn amount(v: Scalar<'_>) -> Result<f64, Rejection> {
     Ok(x)
 }
 
-fn timestamp(v: Scalar<'_>) -> Result<EventTime, Rejection> {
+fn timestamp(name: &str, v: Scalar<'_>) -> Result<EventTime, Rejection> {
     let ms = match &v {
         Scalar::Int(ms) => *ms,
         Scalar::Str(s) => {
             let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| {
-                invalid(
-                    "timestamp",
-                    format!("is not RFC 3339 ({e}), got {}", v.describe()),
-                )
+                invalid(name, format!("is not RFC 3339 ({e}), got {}", v.describe()))
             })?;
             t.unix_timestamp_nanos() / 1_000_000
         }
         other => {
             return Err(invalid(
-                "timestamp",
+                name,
                 format!(
                     "must be an RFC 3339 string or integer epoch milliseconds, got {}",
                     other.describe()
@@ -400,11 +487,16 @@ fn timestamp(v: Scalar<'_>) -> Result<EventTime, Rejection> {
         Rejection::new(
             RejectReason::TimestampOutOfRange,
             format!(
-                "`timestamp` {} is outside [2000-01-01, 2100-01-01)",
+                "`{name}` {} is outside [2000-01-01, 2100-01-01)",
                 v.describe()
             ),
         )
     })
+}
+
+/// A second timestamp field: out of range is a bad field, not a bad event time.
+fn timestamp_field(name: &str, v: Scalar<'_>) -> Result<EventTime, Rejection> {
+    timestamp(name, v).map_err(|r| Rejection::new(RejectReason::InvalidField, r.message))
 }
 
 #[cfg(test)]
@@ -630,5 +722,47 @@ mod tests {
         assert!(decode(None, json, json.len()).is_ok());
         let r = decode(None, json, json.len() - 1).unwrap_err();
         assert_eq!(r.reason, RejectReason::Oversized);
+    }
+
+    #[test]
+    fn labels_decode_with_and_without_labelled_at() {
+        let l = decode_label(
+            br#"{"transaction_id":"t1","customer_id":"c","terminal_id":"T9","timestamp":1700000000000,"label":"fraud","labelled_at":"2023-11-21T22:13:20Z"}"#,
+            MAX,
+        )
+        .unwrap();
+        assert!(l.fraud);
+        assert_eq!(l.terminal_id, "T9");
+        assert_eq!(l.labelled_at.millis(), 1_700_604_800_000);
+        let l = decode_label(
+            br#"{"transaction_id":"t1","customer_id":"c","terminal_id":7,"timestamp":1700000000000,"label":"genuine"}"#,
+            MAX,
+        )
+        .unwrap();
+        assert!(!l.fraud);
+        assert_eq!(l.labelled_at, l.timestamp);
+    }
+
+    #[test]
+    fn bad_labels_are_rejected_naming_the_field() {
+        let cases: [(&[u8], RejectReason, &str); 6] = [
+            (br#"{"transaction_id":"t","customer_id":"c","timestamp":1700000000000,"label":"fraud"}"#, RejectReason::MissingField, "terminal_id"),
+            (br#"{"transaction_id":"t","customer_id":"c","terminal_id":"T","timestamp":1700000000000}"#, RejectReason::MissingField, "label"),
+            (br#"{"transaction_id":"t","customer_id":"c","terminal_id":"T","timestamp":1700000000000,"label":"maybe"}"#, RejectReason::InvalidField, "label"),
+            (br#"{"transaction_id":"t","customer_id":"c","terminal_id":"T","timestamp":1700000000000,"label":"fraud","labelled_at":1600000000000}"#, RejectReason::InvalidField, "labelled_at"),
+            (br#"{"transaction_id":"t","customer_id":"c","terminal_id":"T","timestamp":1700000000000,"label":"fraud","labelled_at":99}"#, RejectReason::InvalidField, "labelled_at"),
+            (b"{not json", RejectReason::InvalidJson, ""),
+        ];
+        for (json, reason, field) in cases {
+            let r = decode_label(json, MAX).unwrap_err();
+            assert_eq!(
+                r.reason,
+                reason,
+                "{}: {}",
+                String::from_utf8_lossy(json),
+                r.message
+            );
+            assert!(r.message.contains(field), "{}", r.message);
+        }
     }
 }

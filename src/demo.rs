@@ -63,7 +63,12 @@ struct Seen {
 pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
     let cluster = MockCluster::new(1)?;
     let brokers = cluster.bootstrap_servers();
-    for topic in ["transactions", "transactions-scored", "transactions-dlq"] {
+    for topic in [
+        "transactions",
+        "transactions-scored",
+        "transactions-dlq",
+        "fraud-labels",
+    ] {
         cluster.create_topic(topic, PARTITIONS, 1)?;
     }
     let env = [
@@ -76,6 +81,12 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
         (
             "FRAUDSCORE__KAFKA__CONSUMER__STATISTICS_INTERVAL_MS".to_string(),
             "0".to_string(),
+        ),
+        // The cluster lives only as long as the demo: state saved from it would describe topics
+        // that are gone.
+        (
+            "FRAUDSCORE__STATE__SNAPSHOT_INTERVAL".to_string(),
+            "0s".to_string(),
         ),
     ];
     let mut config = Config::parse(SHIPPED_CONFIG, "config/fraudscore.toml (embedded)", env)?;
@@ -207,7 +218,7 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
         println!("{value}");
     }
     println!(
-        "\nTo run against a real broker: create the topics transactions, transactions-scored and transactions-dlq, then\n  \
+        "\nTo run against a real broker: create the topics transactions, transactions-scored, transactions-dlq and fraud-labels, then\n  \
          FRAUDSCORE__KAFKA__BROKERS=host:9092 cargo run --release -- run --config config/fraudscore.toml\n\
          (SASL/SSL: set librdkafka properties in [kafka.common] of config/fraudscore.toml.)"
     );

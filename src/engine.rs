@@ -1,14 +1,16 @@
 //! The scoring pipeline without Kafka: message bytes → validated transaction → window update → features → score.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::decode::{self, RejectReason, Rejection, Transaction};
+use crate::decode::{self, CustomerId, RejectReason, Rejection, Transaction};
 use crate::features::{FeatureSpec, Features};
 use crate::model::{Model, ModelError};
 use crate::store::Store;
+use crate::terminals::{TerminalStats, Terminals};
 use crate::time::EventTime;
 use crate::window::{Admission, Refused, Retention, WindowStats};
 
@@ -48,6 +50,18 @@ impl EngineConfig {
         Retention::new(spec.longest_window(), millis(self.allowed_lateness))
             .with_max_events(self.max_events_per_customer)
     }
+
+    /// How far behind the newest label the terminal state keeps labels: the longest delayed
+    /// window's reach, plus how far behind the newest transaction one may still be scored.
+    pub fn terminal_span_ms(&self, spec: &FeatureSpec) -> i64 {
+        let reach = spec
+            .terminal_windows()
+            .iter()
+            .map(|w| w.reach_ms())
+            .max()
+            .unwrap_or(0);
+        reach + self.retention(spec).horizon_ms()
+    }
 }
 
 /// A configured duration in milliseconds; absurdly long ones are capped well inside i64.
@@ -62,6 +76,8 @@ pub struct Prepared {
     pub features: Features,
     /// A re-delivery: scored from the state, not counted again.
     pub duplicate: bool,
+    /// The keyed hash of the transaction id, as the windows hold it.
+    pub id_hash: u64,
 }
 
 /// Decodes transactions and keeps the windows; one per consuming thread.
@@ -73,6 +89,12 @@ pub struct Engine {
     require_key: bool,
     store: Arc<Store>,
     stats: Vec<WindowStats>,
+    /// Labels by terminal, for the terminal features; empty unless labels are read.
+    terminals: Arc<Terminals>,
+    terminal_stats: Vec<TerminalStats>,
+    /// While a restore replays the messages after a snapshot: per customer, the offset up to
+    /// which the snapshot's copy already held its messages.
+    applied: HashMap<CustomerId, i64>,
 }
 
 impl Engine {
@@ -85,7 +107,25 @@ impl Engine {
             require_key: config.require_key,
             store,
             stats: Vec::new(),
+            terminals: Arc::new(Terminals::new(0)),
+            terminal_stats: Vec::new(),
+            applied: HashMap::new(),
         }
+    }
+
+    /// The engine reading terminal features from `terminals`.
+    pub fn with_terminals(self, terminals: Arc<Terminals>) -> Engine {
+        Engine { terminals, ..self }
+    }
+
+    /// Until [`Engine::forget_applied`], a message of one of these customers at or before its
+    /// offset leaves the windows as they are: a snapshot copied the customer after applying it.
+    pub fn skip_applied(&mut self, applied: HashMap<CustomerId, i64>) {
+        self.applied = applied;
+    }
+
+    pub fn forget_applied(&mut self) {
+        self.applied = HashMap::new();
     }
 
     pub fn spec(&self) -> &Arc<FeatureSpec> {
@@ -96,10 +136,12 @@ impl Engine {
         &self.store
     }
 
-    /// Decodes one message, adds it to its customer's windows and computes its features.
+    /// Decodes one message (at `offset` of input `partition`), adds it to its customer's windows
+    /// and computes its features.
     pub fn prepare(
         &mut self,
         partition: i32,
+        offset: i64,
         key: Option<&[u8]>,
         value: &[u8],
     ) -> Result<Prepared, Rejection> {
@@ -134,10 +176,18 @@ impl Engine {
             })?;
         let tx_hash = self.store.id_hash(&transaction.transaction_id);
         let (retention, windows, stats) = (&self.retention, self.spec.windows(), &mut self.stats);
+        let held = self
+            .applied
+            .get(&transaction.customer_id)
+            .is_some_and(|&upto| offset <= upto);
         let admission = self
             .store
-            .with_customer(partition, &transaction.customer_id, |w| {
-                let admission = w.insert(at, tx_hash, amount, retention)?;
+            .with_customer(partition, offset, &transaction.customer_id, |w| {
+                let admission = if held {
+                    Admission::Duplicate
+                } else {
+                    w.insert(at, tx_hash, amount, retention)?
+                };
                 w.stats(at, windows, stats);
                 Ok(admission)
             })
@@ -160,11 +210,27 @@ impl Engine {
                 )
                 }
             })?;
-        let features = self.spec.compute(amount, at, &self.stats);
+        let terminal_windows = self.spec.terminal_windows();
+        match &transaction.terminal_id {
+            Some(terminal) if !terminal_windows.is_empty() => {
+                self.terminals
+                    .stats(terminal, at, terminal_windows, &mut self.terminal_stats)
+            }
+            // No terminal: nothing is known about it, as for a terminal never labelled.
+            _ => {
+                self.terminal_stats.clear();
+                self.terminal_stats
+                    .resize(terminal_windows.len(), TerminalStats::default());
+            }
+        }
+        let features = self
+            .spec
+            .compute(amount, at, &self.stats, &self.terminal_stats);
         Ok(Prepared {
             transaction,
             features,
             duplicate: admission == Admission::Duplicate,
+            id_hash: tx_hash,
         })
     }
 }
@@ -176,6 +242,35 @@ pub enum Decision {
     Approve,
     Review,
     Decline,
+}
+
+impl Decision {
+    /// The two-bit code kept beside a scored event in the windows (0 means not scored).
+    pub fn code(self) -> u8 {
+        match self {
+            Decision::Approve => 1,
+            Decision::Review => 2,
+            Decision::Decline => 3,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Decision> {
+        match code {
+            1 => Some(Decision::Approve),
+            2 => Some(Decision::Review),
+            3 => Some(Decision::Decline),
+            _ => None,
+        }
+    }
+
+    /// The name on the wire and in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approve => "approve",
+            Decision::Review => "review",
+            Decision::Decline => "decline",
+        }
+    }
 }
 
 /// Scores at or above `review` are reviewed; at or above `decline`, declined.
@@ -274,27 +369,27 @@ mod tests {
     fn late_event_lands_in_place_and_redelivery_is_flagged() {
         let mut e = engine(&["customer_tx_count_1h"], Duration::from_secs(3600));
         let p = e
-            .prepare(0, None, &tx("a", "c", 10.0, "2026-01-01T10:00:00Z"))
+            .prepare(0, 0, None, &tx("a", "c", 10.0, "2026-01-01T10:00:00Z"))
             .unwrap();
         assert_eq!(p.features.values(), [1.0, 10.0, 1.0]);
         let p = e
-            .prepare(0, None, &tx("b", "c", 30.0, "2026-01-01T10:20:00Z"))
+            .prepare(0, 0, None, &tx("b", "c", 30.0, "2026-01-01T10:20:00Z"))
             .unwrap();
         assert_eq!(p.features.values(), [1.0, 20.0, 2.0]);
         // Arrives late and lands between the two: its windows hold the first and itself only.
         let p = e
-            .prepare(0, None, &tx("c", "c", 20.0, "2026-01-01T10:05:00Z"))
+            .prepare(0, 0, None, &tx("c", "c", 20.0, "2026-01-01T10:05:00Z"))
             .unwrap();
         assert_eq!(p.features.values(), [2.0, 15.0, 2.0]);
         // The re-delivery of b now sees the late one too, and is not counted again.
         let p = e
-            .prepare(0, None, &tx("b", "c", 30.0, "2026-01-01T10:20:00Z"))
+            .prepare(0, 0, None, &tx("b", "c", 30.0, "2026-01-01T10:20:00Z"))
             .unwrap();
         assert!(p.duplicate);
         assert_eq!(p.features.values(), [1.0, 20.0, 3.0]);
         // Other customers are separate.
         let p = e
-            .prepare(1, Some(b"d"), &tx("a", "d", 5.0, "2026-01-01T10:00:00Z"))
+            .prepare(1, 0, Some(b"d"), &tx("a", "d", 5.0, "2026-01-01T10:00:00Z"))
             .unwrap();
         assert!(!p.duplicate);
         assert_eq!(p.features.values(), [1.0, 5.0, 1.0]);
@@ -304,13 +399,13 @@ mod tests {
     #[test]
     fn too_late_is_rejected_with_its_reason() {
         let mut e = engine(&[], Duration::from_secs(3600));
-        e.prepare(0, None, &tx("a", "c", 1.0, "2026-01-10T00:00:00Z"))
+        e.prepare(0, 0, None, &tx("a", "c", 1.0, "2026-01-10T00:00:00Z"))
             .unwrap();
         // newest - 7d - 1h, exactly: still accepted.
-        e.prepare(0, None, &tx("b", "c", 1.0, "2026-01-02T23:00:00Z"))
+        e.prepare(0, 0, None, &tx("b", "c", 1.0, "2026-01-02T23:00:00Z"))
             .unwrap();
         let r = e
-            .prepare(0, None, &tx("c", "c", 1.0, "2026-01-02T22:59:59.999Z"))
+            .prepare(0, 0, None, &tx("c", "c", 1.0, "2026-01-02T22:59:59.999Z"))
             .unwrap_err();
         assert_eq!(r.reason, RejectReason::TooLate);
         assert!(r.message.contains("timestamp"), "{}", r.message);
@@ -341,16 +436,16 @@ mod tests {
         let mut e = engine(&["customer_tx_count_1h"], Duration::from_secs(3600));
         let now = now_ms();
         // Within the skew: accepted.
-        e.prepare(0, None, &tx_at("a", "c", 1.0, now + 60_000))
+        e.prepare(0, 0, None, &tx_at("a", "c", 1.0, now + 60_000))
             .unwrap();
         let r = e
-            .prepare(0, None, &tx_at("b", "c", 1.0, now + 3_600_000))
+            .prepare(0, 0, None, &tx_at("b", "c", 1.0, now + 3_600_000))
             .unwrap_err();
         assert_eq!(r.reason, RejectReason::TimestampOutOfRange);
         assert!(r.message.contains("max_future_skew"), "{}", r.message);
         // Real traffic of an hour ago is still within the longest window plus lateness.
         let p = e
-            .prepare(0, None, &tx_at("c", "c", 1.0, now - 3_000_000))
+            .prepare(0, 0, None, &tx_at("c", "c", 1.0, now - 3_000_000))
             .unwrap();
         assert!(!p.duplicate);
     }
@@ -370,13 +465,13 @@ mod tests {
             .unwrap();
         let mut e = engine(&["customer_tx_count_1h"], Duration::from_secs(3600));
         let at = now_ms() - 1000;
-        let first = e.prepare(0, None, &tx_at(&a, "c", 5.0, at)).unwrap();
-        let second = e.prepare(0, None, &tx_at(&b, "c", 5.0, at)).unwrap();
+        let first = e.prepare(0, 0, None, &tx_at(&a, "c", 5.0, at)).unwrap();
+        let second = e.prepare(0, 0, None, &tx_at(&b, "c", 5.0, at)).unwrap();
         assert!(!first.duplicate && !second.duplicate, "{a} and {b}");
         assert_eq!(second.features.values(), [2.0, 5.0, 2.0]);
         // A true re-delivery is still recognised.
         assert!(
-            e.prepare(0, None, &tx_at(&b, "c", 5.0, at))
+            e.prepare(0, 0, None, &tx_at(&b, "c", 5.0, at))
                 .unwrap()
                 .duplicate
         );
@@ -395,9 +490,11 @@ mod tests {
         );
         let at = now_ms() - 60_000;
         for id in ["a", "b"] {
-            e.prepare(0, None, &tx_at(id, "hot", 1.0, at)).unwrap();
+            e.prepare(0, 0, None, &tx_at(id, "hot", 1.0, at)).unwrap();
         }
-        let r = e.prepare(0, None, &tx_at("c", "hot", 1.0, at)).unwrap_err();
+        let r = e
+            .prepare(0, 0, None, &tx_at("c", "hot", 1.0, at))
+            .unwrap_err();
         assert_eq!(r.reason, RejectReason::Oversized);
         assert!(
             r.message.contains("max_events_per_customer"),
@@ -406,7 +503,7 @@ mod tests {
         );
         assert_eq!(e.store().take_full_refusals(), 1);
         // Other customers are not affected.
-        assert!(e.prepare(0, None, &tx_at("d", "cool", 1.0, at)).is_ok());
+        assert!(e.prepare(0, 0, None, &tx_at("d", "cool", 1.0, at)).is_ok());
     }
 
     #[test]
@@ -421,10 +518,10 @@ mod tests {
             Arc::new(Store::default()),
         );
         let value = tx_at("a", "c", 1.0, now_ms());
-        let r = e.prepare(0, None, &value).unwrap_err();
+        let r = e.prepare(0, 0, None, &value).unwrap_err();
         assert_eq!(r.reason, RejectReason::InvalidKey);
-        assert!(e.prepare(0, Some(b"c"), &value).is_ok());
-        let r = e.prepare(0, Some(b"d"), &value).unwrap_err();
+        assert!(e.prepare(0, 0, Some(b"c"), &value).is_ok());
+        let r = e.prepare(0, 0, Some(b"d"), &value).unwrap_err();
         assert_eq!(r.reason, RejectReason::InvalidKey);
     }
 
@@ -450,8 +547,8 @@ mod tests {
                 clock += step;
                 let at = start + (clock + jitter).max(0) * 60_000 / 4;
                 let value = tx_at(&format!("t{i}"), &format!("c{customer}"), (i % 7) as f64, at);
-                let got = evicting.prepare(0, None, &value).map(|p| p.features.values().to_vec());
-                let want = keeping.prepare(0, None, &value).map(|p| p.features.values().to_vec());
+                let got = evicting.prepare(0, 0, None, &value).map(|p| p.features.values().to_vec());
+                let want = keeping.prepare(0, 0, None, &value).map(|p| p.features.values().to_vec());
                 proptest::prop_assert_eq!(
                     got.as_ref().map_err(|r| r.reason),
                     want.as_ref().map_err(|r| r.reason)
@@ -459,6 +556,147 @@ mod tests {
                 evicting.store().evict_idle(span);
             }
         }
+    }
+
+    /// A snapshot copied while the pipeline goes on applying messages, loaded and followed by a
+    /// replay from its offset, gives exactly the state of one uninterrupted run, whatever the
+    /// interleaving of the copy and the pipeline thread.
+    #[test]
+    fn a_snapshot_taken_during_scoring_plus_the_replay_equals_an_uninterrupted_run() {
+        use crate::snapshot::{self, SnapshotDir, StateCheck};
+        let config = EngineConfig {
+            max_events_per_customer: 4,
+            allowed_lateness: Duration::from_secs(600),
+            ..EngineConfig::default()
+        };
+        let spec = FeatureSpec::for_model(&["customer_tx_count_10m"]).unwrap();
+        let fresh = || Engine::new(spec.clone(), &config, Arc::new(Store::with_seed(7)));
+        let start = now_ms() - 86_400_000;
+        // 40 customers, 12,000 messages, time moving forward with events up to 15 minutes late.
+        let messages: Vec<Vec<u8>> = (0..12_000i64)
+            .map(|i| {
+                let at = start + i * 2_000 - (i * 7919 % 900) * 1_000;
+                tx_at(
+                    &format!("t{}", i % 11_000),
+                    &format!("c{}", i * 31 % 40),
+                    1.0,
+                    at,
+                )
+            })
+            .collect();
+        let mut uninterrupted = fresh();
+        for (offset, m) in messages.iter().enumerate() {
+            let _ = uninterrupted.prepare(0, offset as i64, None, m);
+        }
+        let retention = config.retention(&spec);
+        for split in [2_000usize, 6_000] {
+            let mut live = fresh();
+            for (offset, m) in messages[..split].iter().enumerate() {
+                let _ = live.prepare(0, offset as i64, None, m);
+            }
+            let store = live.store().clone();
+            let check = StateCheck::new(&retention, &store);
+            let dir = tempfile::tempdir().unwrap();
+            let place = SnapshotDir::new(dir.path(), "tx");
+            let captures = store.begin_capture(&[(0, split as i64)]);
+            // The pipeline carries on while the snapshot is copied.
+            let rest = messages[split..].to_vec();
+            let pipeline = std::thread::spawn(move || {
+                for (i, m) in rest.iter().enumerate() {
+                    let _ = live.prepare(0, (split + i) as i64, None, m);
+                }
+            });
+            snapshot::write_round(&place, &store, &captures, check).unwrap();
+            pipeline.join().unwrap();
+
+            let (_, path) = place.list(0).remove(0);
+            let snap = snapshot::read(&path, 0, check).unwrap();
+            assert!(snap.complete_at <= messages.len() as i64);
+            let mut restored = fresh();
+            let from = snap.offset as usize;
+            restored.skip_applied(snap.applied);
+            restored
+                .store()
+                .load_partition(0, snap.marks, snap.customers);
+            for (i, m) in messages[from..].iter().enumerate() {
+                let _ = restored.prepare(0, (from + i) as i64, None, m);
+            }
+            restored.forget_applied();
+            for c in 0..40 {
+                let id = format!("c{c}");
+                let events = |e: &Engine| {
+                    e.store()
+                        .read_customer(&id, |w| w.events().collect::<Vec<_>>())
+                };
+                assert_eq!(
+                    events(&restored),
+                    events(&uninterrupted),
+                    "customer {id}, split {split}"
+                );
+            }
+            assert_eq!(
+                restored.store().horizons(),
+                uninterrupted.store().horizons()
+            );
+        }
+    }
+
+    /// The one case where applying a message twice changes the state: an event refused at the
+    /// customer cap is admitted when replayed onto a copy holding later messages, whose newest
+    /// time let two old events expire. The copy records that it holds them, and the replay skips them.
+    #[test]
+    fn a_replay_skips_what_the_copy_already_held() {
+        use crate::snapshot::{self, SnapshotDir, StateCheck};
+        let config = EngineConfig {
+            max_events_per_customer: 3,
+            allowed_lateness: Duration::from_secs(30 * 60),
+            ..EngineConfig::default()
+        };
+        let spec = FeatureSpec::for_model(&["customer_tx_count_10m"]).unwrap();
+        let fresh = || Engine::new(spec.clone(), &config, Arc::new(Store::with_seed(7)));
+        // The state holds 2 × 7 days (the longest window, always held) + 30 minutes.
+        let (min, day) = (60_000, 86_400_000);
+        let t = now_ms() - 20 * day;
+        let messages: Vec<Vec<u8>> = [
+            ("m0", t),
+            ("m0b", t + 1_000),
+            ("m1", t + 14 * day + 15 * min),
+            ("m2", t + 14 * day + 20 * min),
+            ("m3", t + 14 * day + 31 * min),
+        ]
+        .iter()
+        .map(|&(id, at)| tx_at(id, "c", 1.0, at))
+        .collect();
+        let mut live = fresh();
+        let mut outcomes = Vec::new();
+        for (offset, m) in messages[..3].iter().enumerate() {
+            outcomes.push(live.prepare(0, offset as i64, None, m).is_ok());
+        }
+        // The copy begins before m2; m2 (refused: three events held) and m3 (admitted once m0 and
+        // m0b expire) are applied before the copy reaches the customer.
+        let captures = live.store().begin_capture(&[(0, 3)]);
+        for (offset, m) in messages.iter().enumerate().skip(3) {
+            outcomes.push(live.prepare(0, offset as i64, None, m).is_ok());
+        }
+        assert_eq!(outcomes, [true, true, true, false, true]);
+        let dir = tempfile::tempdir().unwrap();
+        let place = SnapshotDir::new(dir.path(), "tx");
+        let check = StateCheck::new(&config.retention(&spec), live.store());
+        snapshot::write_round(&place, live.store(), &captures, check).unwrap();
+        let snap = snapshot::read(&place.list(0)[0].1, 0, check).unwrap();
+        assert_eq!((snap.offset, snap.complete_at), (3, 5));
+
+        let mut restored = fresh();
+        restored.skip_applied(snap.applied);
+        restored
+            .store()
+            .load_partition(0, snap.marks, snap.customers);
+        for (offset, m) in messages.iter().enumerate().skip(3) {
+            let _ = restored.prepare(0, offset as i64, None, m);
+        }
+        let events = |e: &Engine| e.store().read_customer("c", |w| w.len());
+        assert_eq!(events(&restored), events(&live));
+        assert_eq!(events(&live), Some(2));
     }
 
     #[test]
@@ -470,8 +708,13 @@ mod tests {
         // A new customer every 10 minutes for 50 days of event time: 7,200 customers.
         for i in 0..7_200i64 {
             let at = start + i * 600_000;
-            e.prepare(0, None, &tx_at(&format!("t{i}"), &format!("c{i}"), 1.0, at))
-                .unwrap();
+            e.prepare(
+                0,
+                0,
+                None,
+                &tx_at(&format!("t{i}"), &format!("c{i}"), 1.0, at),
+            )
+            .unwrap();
             if i % 60 == 0 {
                 e.store().evict_idle(span);
             }

@@ -2,6 +2,7 @@
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
+use crate::terminals::{DelayedWindow, TerminalStats};
 use crate::time::{EventTime, WindowLen};
 use crate::window::WindowStats;
 
@@ -10,7 +11,7 @@ pub const ALWAYS: [&str; 2] = ["customer_tx_count_10m", "customer_avg_amount_7d"
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FeatureError {
-    #[error("unknown feature `{0}`: expected customer_tx_count_<w>, customer_sum_amount_<w>, customer_avg_amount_<w>, amount_to_avg_<w>, amount, hour_of_day or is_weekend")]
+    #[error("unknown feature `{0}`: expected customer_tx_count_<w>, customer_sum_amount_<w>, customer_avg_amount_<w>, amount_to_avg_<w>, terminal_tx_count_<w>_delay_<d>, terminal_fraud_count_<w>_delay_<d>, terminal_risk_<w>_delay_<d>, amount, hour_of_day or is_weekend")]
     Unknown(String),
     #[error("feature `{name}`: window `{window}` is not <n><s|m|h|d> from 1s to 30d")]
     BadWindow { name: String, window: String },
@@ -27,10 +28,18 @@ pub enum Feature {
     Sum(WindowLen),
     Avg(WindowLen),
     AmountToAvg(WindowLen),
+    /// Labelled transactions at the terminal in the delayed window.
+    TerminalCount(DelayedWindow),
+    /// Frauds among them.
+    TerminalFraud(DelayedWindow),
+    /// Frauds / labelled; 0 when none.
+    TerminalRisk(DelayedWindow),
     Amount,
     HourOfDay,
     IsWeekend,
 }
+
+type DelayedFeature = fn(DelayedWindow) -> Feature;
 
 impl Feature {
     pub fn parse(name: &str) -> Result<Feature, FeatureError> {
@@ -50,6 +59,23 @@ impl Feature {
                     });
             }
         }
+        let delayed: [(&str, DelayedFeature); 3] = [
+            ("terminal_tx_count_", Feature::TerminalCount),
+            ("terminal_fraud_count_", Feature::TerminalFraud),
+            ("terminal_risk_", Feature::TerminalRisk),
+        ];
+        for (prefix, make) in delayed {
+            if let Some(rest) = name.strip_prefix(prefix) {
+                let bad = || FeatureError::BadWindow {
+                    name: name.to_string(),
+                    window: rest.to_string(),
+                };
+                let (len, delay) = rest.split_once("_delay_").ok_or_else(bad)?;
+                let len = WindowLen::parse(len).ok_or_else(bad)?;
+                let delay = WindowLen::parse(delay).ok_or_else(bad)?;
+                return Ok(make(DelayedWindow { len, delay }));
+            }
+        }
         match name {
             "amount" => Ok(Feature::Amount),
             "hour_of_day" => Ok(Feature::HourOfDay),
@@ -63,7 +89,16 @@ impl Feature {
             Feature::Count(w) | Feature::Sum(w) | Feature::Avg(w) | Feature::AmountToAvg(w) => {
                 Some(w)
             }
-            Feature::Amount | Feature::HourOfDay | Feature::IsWeekend => None,
+            _ => None,
+        }
+    }
+
+    fn delayed_window(self) -> Option<DelayedWindow> {
+        match self {
+            Feature::TerminalCount(w) | Feature::TerminalFraud(w) | Feature::TerminalRisk(w) => {
+                Some(w)
+            }
+            _ => None,
         }
     }
 
@@ -71,7 +106,11 @@ impl Feature {
     fn is_integer(self) -> bool {
         matches!(
             self,
-            Feature::Count(_) | Feature::HourOfDay | Feature::IsWeekend
+            Feature::Count(_)
+                | Feature::TerminalCount(_)
+                | Feature::TerminalFraud(_)
+                | Feature::HourOfDay
+                | Feature::IsWeekend
         )
     }
 }
@@ -83,7 +122,10 @@ pub struct FeatureSpec {
     features: Vec<Feature>,
     /// Distinct window lengths, ascending: the state computes each once per event.
     windows: Vec<WindowLen>,
-    /// For each feature, the index of its window in `windows`.
+    /// Distinct delayed windows over terminals' labels: each computed once per event.
+    terminal_windows: Vec<DelayedWindow>,
+    /// For each feature, the index of its window in `windows`, or of its delayed window in
+    /// `terminal_windows`.
     window_index: Vec<usize>,
     /// For each model input, its position in `features`.
     model_columns: Vec<usize>,
@@ -115,18 +157,27 @@ impl FeatureSpec {
         let mut windows: Vec<WindowLen> = features.iter().filter_map(|f| f.window()).collect();
         windows.sort();
         windows.dedup();
+        let mut terminal_windows: Vec<DelayedWindow> =
+            features.iter().filter_map(|f| f.delayed_window()).collect();
+        terminal_windows.sort();
+        terminal_windows.dedup();
         let window_index = features
             .iter()
             .map(|f| {
-                f.window()
-                    .and_then(|w| windows.iter().position(|x| *x == w))
-                    .unwrap_or(0)
+                let windowed = f
+                    .window()
+                    .and_then(|w| windows.iter().position(|x| *x == w));
+                let delayed = f
+                    .delayed_window()
+                    .and_then(|w| terminal_windows.iter().position(|x| *x == w));
+                windowed.or(delayed).unwrap_or(0)
             })
             .collect();
         Ok(FeatureSpec {
             names,
             features,
             windows,
+            terminal_windows,
             window_index,
             model_columns,
         })
@@ -140,6 +191,12 @@ impl FeatureSpec {
         &self.windows
     }
 
+    /// The delayed windows over terminals' labels the features need; empty for a model without
+    /// terminal features.
+    pub fn terminal_windows(&self) -> &[DelayedWindow] {
+        &self.terminal_windows
+    }
+
     /// The longest window: how far back the state must reach.
     pub fn longest_window(&self) -> WindowLen {
         // ALWAYS holds windowed features, so `windows` is never empty.
@@ -150,15 +207,26 @@ impl FeatureSpec {
         self.model_columns.len()
     }
 
-    /// Computes every feature for an event, given the per-window stats from the state.
-    pub fn compute(&self, amount: f64, at: EventTime, stats: &[WindowStats]) -> Features {
+    /// Computes every feature for an event, given the per-window stats of its customer and of
+    /// its terminal (in [`FeatureSpec::windows`] and [`FeatureSpec::terminal_windows`] order).
+    pub fn compute(
+        &self,
+        amount: f64,
+        at: EventTime,
+        stats: &[WindowStats],
+        terminal: &[TerminalStats],
+    ) -> Features {
         let values = self
             .features
             .iter()
             .zip(&self.window_index)
             .map(|(f, &wi)| {
                 let s = stats.get(wi).copied().unwrap_or_default();
+                let t = terminal.get(wi).copied().unwrap_or_default();
                 match f {
+                    Feature::TerminalCount(_) => t.labelled as f64,
+                    Feature::TerminalFraud(_) => t.fraud as f64,
+                    Feature::TerminalRisk(_) => t.risk(),
                     Feature::Count(_) => s.count as f64,
                     Feature::Sum(_) => s.sum,
                     Feature::Avg(_) => s.mean(),
@@ -270,7 +338,7 @@ mod tests {
             },
         ];
         let at = EventTime::checked(1_795_824_000_000i64).unwrap();
-        let f = spec.compute(20.0, at, &stats);
+        let f = spec.compute(20.0, at, &stats, &[]);
         assert_eq!(f.values(), [2.0, 20.0, 20.0, 2.0]);
         let mut row = Vec::new();
         spec.model_row(&f, &mut row);
@@ -283,6 +351,50 @@ mod tests {
     }
 
     #[test]
+    fn terminal_features_share_their_delayed_windows() {
+        let spec = FeatureSpec::for_model(&[
+            "terminal_risk_7d_delay_7d",
+            "terminal_tx_count_1d_delay_7d",
+            "terminal_fraud_count_7d_delay_7d",
+        ])
+        .unwrap();
+        let day = WindowLen::parse("1d").unwrap();
+        let week = WindowLen::parse("7d").unwrap();
+        assert_eq!(
+            spec.terminal_windows(),
+            [
+                DelayedWindow {
+                    len: day,
+                    delay: week
+                },
+                DelayedWindow {
+                    len: week,
+                    delay: week
+                }
+            ]
+        );
+        let at = EventTime::checked(1_795_824_000_000i64).unwrap();
+        let stats = [WindowStats::default(); 2];
+        let terminal = [
+            TerminalStats {
+                labelled: 3,
+                fraud: 0,
+            },
+            TerminalStats {
+                labelled: 8,
+                fraud: 2,
+            },
+        ];
+        let f = spec.compute(1.0, at, &stats, &terminal);
+        assert_eq!(f.values(), [0.0, 0.0, 0.25, 3.0, 2.0]);
+        let json = serde_json::to_string(&spec.named(&f)).unwrap();
+        assert!(
+            json.contains(r#""terminal_tx_count_1d_delay_7d":3"#),
+            "{json}"
+        );
+    }
+
+    #[test]
     fn calendar_and_zero_mean_features() {
         let spec =
             FeatureSpec::for_model(&["hour_of_day", "is_weekend", "amount_to_avg_10m"]).unwrap();
@@ -291,15 +403,23 @@ mod tests {
             WindowStats { count: 1, sum: 0.0 },
             WindowStats { count: 1, sum: 0.0 },
         ];
-        let f = spec.compute(0.0, sat_23h, &stats);
+        let f = spec.compute(0.0, sat_23h, &stats, &[]);
         assert_eq!(f.values(), [1.0, 0.0, 23.0, 1.0, 1.0]);
     }
 
     #[test]
     fn unknown_or_bad_features_are_named() {
-        let e = FeatureSpec::for_model(&["amount", "terminal_risk_7d"]).unwrap_err();
-        assert_eq!(e, FeatureError::Unknown("terminal_risk_7d".into()));
-        assert!(e.to_string().contains("terminal_risk_7d"));
+        let e = FeatureSpec::for_model(&["amount", "terminal_score_7d"]).unwrap_err();
+        assert_eq!(e, FeatureError::Unknown("terminal_score_7d".into()));
+        assert!(e.to_string().contains("terminal_score_7d"));
+        for bad in [
+            "terminal_risk_7d",
+            "terminal_risk_7d_delay_",
+            "terminal_tx_count_7d_delay_45d",
+        ] {
+            let e = FeatureSpec::for_model(&[bad]).unwrap_err();
+            assert!(matches!(e, FeatureError::BadWindow { .. }), "{bad}: {e}");
+        }
         let e = FeatureSpec::for_model(&["customer_tx_count_45d"]).unwrap_err();
         assert!(e.to_string().contains("customer_tx_count_45d"), "{e}");
         let e = FeatureSpec::for_model(&["amount", "amount"]).unwrap_err();

@@ -49,11 +49,13 @@ pub fn ops_router(shared: Arc<Shared>, spec: Arc<FeatureSpec>) -> Router {
         })
 }
 
-/// The lookup listener: `/customers/{id}`, which shows a customer's spend, so it is on a port of
-/// its own and, with a token configured, answers only `Authorization: Bearer <token>`.
+/// The lookup listener: `/customers/{id}` and `/terminals/{id}`, which show a customer's spend
+/// and a terminal's fraud labels, so it is on a port of its own and, with a token configured,
+/// answers only `Authorization: Bearer <token>`.
 pub fn lookup_router(shared: Arc<Shared>, spec: Arc<FeatureSpec>, token: Option<String>) -> Router {
     Router::new()
         .route("/customers/{customer_id}", get(customer))
+        .route("/terminals/{terminal_id}", get(terminal))
         .with_state(AppState {
             shared,
             spec,
@@ -115,13 +117,14 @@ async fn readyz(State(s): State<AppState>) -> Response {
     let model = h.is_model_loaded();
     let assigned = h.has_partitions();
     let restoring = h.is_restoring();
-    let ready = model && assigned && !restoring;
+    let labels_loading = h.is_labels_loading();
+    let ready = model && assigned && !restoring && !labels_loading;
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({"ready": ready, "model_loaded": model, "partitions_assigned": assigned, "restoring": restoring});
+    let body = json!({"ready": ready, "model_loaded": model, "partitions_assigned": assigned, "restoring": restoring, "labels_loading": labels_loading});
     (status, Json(body)).into_response()
 }
 
@@ -133,20 +136,8 @@ async fn customer(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(token) = &s.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !same(given.as_bytes(), token.as_bytes()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({"error": "a valid bearer token is required"})),
-            )
-                .into_response();
-        }
+    if let Some(refused) = unauthorized(&s, &headers) {
+        return refused;
     }
     let (store, spec, key) = (s.shared.store.clone(), s.spec.clone(), id.clone());
     let found = tokio::task::spawn_blocking(move || {
@@ -181,6 +172,74 @@ async fn customer(
         "features": Value::Object(features),
     }))
     .into_response()
+}
+
+/// The terminal's labelled transactions and its terminal features as of now, for the windows
+/// the model uses.
+async fn terminal(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(refused) = unauthorized(&s, &headers) {
+        return refused;
+    }
+    let (terminals, spec, key) = (s.shared.terminals.clone(), s.spec.clone(), id.clone());
+    let now = crate::time::EventTime::now();
+    let found = tokio::task::spawn_blocking(move || {
+        let held = terminals.read_terminal(&key)?;
+        let mut stats = Vec::new();
+        terminals.stats(&key, now, spec.terminal_windows(), &mut stats);
+        Some((held, stats))
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some((held, stats)) = found else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no labels for terminal {id:?}")})),
+        )
+            .into_response();
+    };
+    let mut features = Map::new();
+    for (w, st) in s.spec.terminal_windows().iter().zip(&stats) {
+        let suffix = format!("{}_delay_{}", w.len, w.delay);
+        features.insert(format!("terminal_tx_count_{suffix}"), json!(st.labelled));
+        features.insert(format!("terminal_fraud_count_{suffix}"), json!(st.fraud));
+        features.insert(format!("terminal_risk_{suffix}"), json!(st.risk()));
+    }
+    let frauds = held.iter().filter(|(_, fraud, _)| *fraud).count();
+    Json(json!({
+        "terminal_id": id,
+        "as_of": now.to_string(),
+        "labels_held": held.len(),
+        "frauds_held": frauds,
+        "newest_labelled_transaction": held.last().map(|(at, _, _)| at.to_string()),
+        "features": Value::Object(features),
+    }))
+    .into_response()
+}
+
+/// With a token configured, the answer for a request without it.
+fn unauthorized(s: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let token = s.token.as_ref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if same(given.as_bytes(), token.as_bytes()) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "a valid bearer token is required"})),
+        )
+            .into_response(),
+    )
 }
 
 /// Compares in a time that does not depend on where the bytes differ, so the token cannot be
@@ -228,7 +287,11 @@ mod tests {
     fn shared() -> (Arc<Shared>, Arc<FeatureSpec>) {
         let spec = Arc::new(FeatureSpec::for_model::<&str>(&[]).unwrap());
         (
-            Shared::new(Metrics::new(), Arc::new(Store::default())),
+            Shared::new(
+                Metrics::new(),
+                Arc::new(Store::default()),
+                Arc::new(crate::terminals::Terminals::new(0)),
+            ),
             spec,
         )
     }

@@ -100,6 +100,10 @@ struct ReplayArgs {
     features: Vec<String>,
     #[arg(long)]
     input: PathBuf,
+    /// Fraud labels (JSON lines as on the labels topic): each counts from its `labelled_at` on,
+    /// merged with the input by time, as the service would have seen them.
+    #[arg(long)]
+    labels: Option<PathBuf>,
     #[arg(long)]
     output: PathBuf,
     #[arg(long)]
@@ -205,6 +209,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         model: args.model,
         features: args.features,
         input: args.input,
+        labels: args.labels,
         output: args.output,
         dlq: args.dlq,
         max_batch: args.max_batch,
@@ -217,12 +222,14 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let summary = fraudscore::replay::run(&opts)?;
     eprintln!(
-        "replayed {} lines in {:.2?}: {} scored ({} duplicates), {} rejected",
+        "replayed {} lines in {:.2?}: {} scored ({} duplicates), {} rejected; {} labels ({} rejected)",
         summary.lines,
         started.elapsed(),
         summary.scored,
         summary.duplicates,
-        summary.rejected
+        summary.rejected,
+        summary.labels,
+        summary.labels_rejected
     );
     Ok(())
 }

@@ -36,6 +36,16 @@ pub struct Metrics {
     pub restore_seconds: Histogram,
     pub restore_events: IntCounter,
     pub state_horizon_seconds: prometheus::GaugeVec,
+    pub snapshot_seconds: Histogram,
+    pub snapshot_bytes: IntGauge,
+    pub snapshot_failures: IntCounter,
+    pub snapshots_ignored: IntCounterVec,
+    pub partitions_restored: IntCounterVec,
+    pub labels: IntCounterVec,
+    pub label_lag_seconds: Histogram,
+    pub terminals: IntGauge,
+    pub terminal_labels: IntGauge,
+    pub labelled_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -154,14 +164,14 @@ impl Metrics {
         let restore_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "fraudscore_restore_seconds",
-                "Rebuilding the window state of newly assigned partitions, per restore",
+                "Restoring the window state of newly assigned partitions (snapshots loaded, then the input replayed), per restore",
             )
             .buckets(vec![0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0]),
         )
         .expect("valid metric");
         let restore_events = IntCounter::new(
             "fraudscore_restore_events_total",
-            "Input messages replayed into the window state by restores",
+            "Events restored into the window state: held by loaded snapshots, and input messages replayed",
         )
         .expect("valid metric");
         let state_horizon_seconds = prometheus::GaugeVec::new(
@@ -170,6 +180,76 @@ impl Metrics {
                 "How far back in event time the partition's state reaches (newest minus oldest event seen); below the longest window, its features are partial",
             ),
             &["partition"],
+        )
+        .expect("valid metric");
+        let snapshot_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "fraudscore_snapshot_seconds",
+                "Writing one round of window-state snapshots (every held partition), while scoring goes on",
+            )
+            .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]),
+        )
+        .expect("valid metric");
+        let snapshot_bytes = IntGauge::new(
+            "fraudscore_snapshot_bytes",
+            "Bytes written by the last round of snapshots",
+        )
+        .expect("valid metric");
+        let snapshot_failures = IntCounter::new(
+            "fraudscore_snapshot_failures_total",
+            "Rounds of snapshots that failed (disk full, permissions): the state is still scored, but a restart rebuilds more from the topic",
+        )
+        .expect("valid metric");
+        let snapshots_ignored = IntCounterVec::new(
+            Opts::new(
+                "fraudscore_snapshots_ignored_total",
+                "Snapshots found on restore but not used, by reason: damaged, version, other_config, unreadable",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let partitions_restored = IntCounterVec::new(
+            Opts::new(
+                "fraudscore_partitions_restored_total",
+                "Assigned partitions whose state was restored, by source: kept (it came back to this instance at the offset it left), snapshot (a snapshot, then the input after it), topic (the input from its earliest offset)",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        let labels = IntCounterVec::new(
+            Opts::new(
+                "fraudscore_labels_total",
+                "Fraud labels read, by outcome: fraud, genuine, duplicate (counted once), too_old (beyond every window), dlq (bad label)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let label_lag_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "fraudscore_label_lag_seconds",
+                "Now minus labelled_at of each label read live (not those read back at start)",
+            )
+            .buckets(vec![
+                0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 86_400.0, 604_800.0,
+            ]),
+        )
+        .expect("valid metric");
+        let terminals = IntGauge::new(
+            "fraudscore_terminals",
+            "Terminals with labels held for the terminal features",
+        )
+        .expect("valid metric");
+        let terminal_labels = IntGauge::new(
+            "fraudscore_terminal_labels",
+            "Labels held for the terminal features",
+        )
+        .expect("valid metric");
+        let labelled_decisions = IntCounterVec::new(
+            Opts::new(
+                "fraudscore_labelled_decisions_total",
+                "Labels read live for transactions this instance scored, by the decision it gave and the label: the precision of declines and reviews, and the share of frauds approved",
+            ),
+            &["decision", "label"],
         )
         .expect("valid metric");
         for c in [
@@ -193,6 +273,16 @@ impl Metrics {
             Box::new(restore_seconds.clone()),
             Box::new(restore_events.clone()),
             Box::new(state_horizon_seconds.clone()),
+            Box::new(snapshot_seconds.clone()),
+            Box::new(snapshot_bytes.clone()),
+            Box::new(snapshot_failures.clone()),
+            Box::new(snapshots_ignored.clone()),
+            Box::new(partitions_restored.clone()),
+            Box::new(labels.clone()),
+            Box::new(label_lag_seconds.clone()),
+            Box::new(terminals.clone()),
+            Box::new(terminal_labels.clone()),
+            Box::new(labelled_decisions.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -202,6 +292,20 @@ impl Metrics {
         }
         for outcome in ["scored", "dlq"] {
             transactions.with_label_values(&[outcome]);
+        }
+        for source in ["kept", "snapshot", "topic"] {
+            partitions_restored.with_label_values(&[source]);
+        }
+        for outcome in ["fraud", "genuine", "duplicate", "too_old", "dlq"] {
+            labels.with_label_values(&[outcome]);
+        }
+        for decision in ["approve", "review", "decline"] {
+            for label in ["fraud", "genuine"] {
+                labelled_decisions.with_label_values(&[decision, label]);
+            }
+        }
+        for reason in ["damaged", "version", "other_config", "unreadable"] {
+            snapshots_ignored.with_label_values(&[reason]);
         }
         Metrics {
             registry,
@@ -225,6 +329,16 @@ impl Metrics {
             restore_seconds,
             restore_events,
             state_horizon_seconds,
+            snapshot_seconds,
+            snapshot_bytes,
+            snapshot_failures,
+            snapshots_ignored,
+            partitions_restored,
+            labels,
+            label_lag_seconds,
+            terminals,
+            terminal_labels,
+            labelled_decisions,
         }
     }
 

@@ -1,5 +1,8 @@
-//! Encoding a scored transaction as the output wire format, and a rejection as a dead-letter record.
+//! Encoding a scored transaction as the output wire format, and a rejection as a dead-letter record
+//! (its value in a replay, its headers on Kafka).
 
+use fraudscore_contract::headers;
+use rdkafka::message::{Header, OwnedHeaders};
 use serde::Serialize;
 
 use crate::decode::Rejection;
@@ -54,6 +57,9 @@ pub fn scored(
 
 #[derive(Serialize)]
 struct Rejected<'a> {
+    /// Which input file, when a replay reads more than one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<&'static str>,
     line: u64,
     reason: &'static str,
     error: &'a str,
@@ -62,12 +68,46 @@ struct Rejected<'a> {
 
 /// A replay dead-letter line: `{"line", "reason", "error", "value"}`.
 pub fn rejected_line(line: u64, rejection: &Rejection, value: &[u8]) -> Vec<u8> {
+    rejected(None, line, rejection, value)
+}
+
+/// A replay dead-letter line for a bad label: `{"file": "labels", "line", ...}`.
+pub fn rejected_label_line(line: u64, rejection: &Rejection, value: &[u8]) -> Vec<u8> {
+    rejected(Some("labels"), line, rejection, value)
+}
+
+fn rejected(file: Option<&'static str>, line: u64, rejection: &Rejection, value: &[u8]) -> Vec<u8> {
     let value = String::from_utf8_lossy(value);
     let record = Rejected {
+        file,
         line,
         reason: rejection.reason.code(),
         error: &rejection.message,
         value: &value,
     };
     serde_json::to_vec(&record).unwrap_or_default()
+}
+
+/// The headers of a dead-letter record: the input's own, then the reason, the error and where
+/// the input came from.
+pub fn dead_letter_headers(
+    input: OwnedHeaders,
+    reason: &str,
+    error: &str,
+    source_topic: &str,
+    partition: i32,
+    offset: i64,
+) -> OwnedHeaders {
+    fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+        Header {
+            key,
+            value: Some(value),
+        }
+    }
+    input
+        .insert(header(headers::DLQ_REASON, reason))
+        .insert(header(headers::DLQ_ERROR, error))
+        .insert(header(headers::SOURCE_TOPIC, source_topic))
+        .insert(header(headers::SOURCE_PARTITION, &partition.to_string()))
+        .insert(header(headers::SOURCE_OFFSET, &offset.to_string()))
 }

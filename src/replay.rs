@@ -1,4 +1,5 @@
-//! Offline replay: a file of input values through the same engine as the service, in file order.
+//! Offline replay: a file of input values through the same engine as the service, in file order,
+//! with an optional file of fraud labels, each taking effect at its `labelled_at`.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -6,11 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::decode::{self, Label};
 use crate::engine::{Engine, EngineConfig, Prepared, Scorer, Thresholds, Verdict};
 use crate::features::{FeatureError, FeatureSpec};
 use crate::model::{Model, ModelError};
 use crate::output;
 use crate::store::Store;
+use crate::terminals::Terminals;
 use crate::time::EventTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,8 @@ pub struct ReplayOptions {
     pub model: Option<PathBuf>,
     pub features: Vec<String>,
     pub input: PathBuf,
+    /// Fraud labels, JSON lines as on the labels topic, in any order.
+    pub labels: Option<PathBuf>,
     pub output: PathBuf,
     pub dlq: PathBuf,
     pub max_batch: usize,
@@ -62,7 +67,9 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         allowed_lateness: opts.allowed_lateness,
         ..EngineConfig::default()
     };
-    let mut engine = Engine::new(spec, &config, Arc::new(Store::default()));
+    let terminals = Arc::new(Terminals::new(config.terminal_span_ms(&spec)));
+    let mut engine =
+        Engine::new(spec, &config, Arc::new(Store::default())).with_terminals(terminals.clone());
     let open = |p: &Path| {
         File::open(p).map_err(|source| ReplayError::File {
             what: "opening",
@@ -77,14 +84,103 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
             source,
         })
     };
-    replay(
+    let mut dlq = BufWriter::new(create(&opts.dlq)?);
+    let mut feed = match &opts.labels {
+        Some(path) => Some(LabelFeed::read(
+            BufReader::with_capacity(1 << 20, open(path)?),
+            terminals,
+            &mut dlq,
+        )?),
+        None => None,
+    };
+    let mut summary = replay(
         &mut engine,
         scorer.as_mut(),
         opts.max_batch,
         BufReader::with_capacity(1 << 20, open(&opts.input)?),
         BufWriter::with_capacity(1 << 20, create(&opts.output)?),
-        BufWriter::new(create(&opts.dlq)?),
-    )
+        &mut dlq,
+        feed.as_mut(),
+    )?;
+    if let Some(feed) = &feed {
+        summary.labels = feed.labels.len() as u64;
+        summary.labels_rejected = feed.rejected;
+    }
+    Ok(summary)
+}
+
+/// The labels of a replay in `labelled_at` order, handed to the terminal state as the
+/// transactions' time passes theirs: the offline stand-in for the labels topic.
+#[derive(Debug)]
+pub struct LabelFeed {
+    labels: Vec<Label>,
+    next: usize,
+    rejected: u64,
+    terminals: Arc<Terminals>,
+}
+
+impl LabelFeed {
+    /// Reads every label line; bad ones go to `rejected` as dead-letter lines of the labels file.
+    pub fn read(
+        input: impl BufRead,
+        terminals: Arc<Terminals>,
+        mut rejected: impl Write,
+    ) -> Result<LabelFeed, ReplayError> {
+        let (mut labels, mut bad) = (Vec::new(), 0);
+        for (i, line) in input.split(b'\n').enumerate() {
+            let mut line = line?;
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let label = decode::decode_label(&line, fraudscore_contract::DEFAULT_MAX_MESSAGE_BYTES)
+                .and_then(|l| {
+                    let skew = EngineConfig::default().max_future_skew;
+                    decode::label_in_time(&l, skew).map(|()| l)
+                });
+            match label {
+                Ok(label) => labels.push(label),
+                Err(rejection) => {
+                    bad += 1;
+                    rejected.write_all(&output::rejected_label_line(
+                        i as u64 + 1,
+                        &rejection,
+                        &line,
+                    ))?;
+                    rejected.write_all(b"\n")?;
+                }
+            }
+        }
+        let mut feed = LabelFeed::new(labels, terminals);
+        feed.rejected = bad;
+        Ok(feed)
+    }
+
+    /// A feed of these labels into `terminals`.
+    pub fn new(mut labels: Vec<Label>, terminals: Arc<Terminals>) -> LabelFeed {
+        // Stable: labels known at the same moment keep their file order, as on a topic.
+        labels.sort_by_key(|l| l.labelled_at);
+        LabelFeed {
+            labels,
+            next: 0,
+            rejected: 0,
+            terminals,
+        }
+    }
+
+    /// Hands over every label known at or before `t`.
+    pub fn until(&mut self, t: EventTime) {
+        while let Some(label) = self.labels.get(self.next) {
+            if label.labelled_at > t {
+                break;
+            }
+            self.terminals.add(label);
+            self.next += 1;
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.next >= self.labels.len()
+    }
 }
 
 /// Counts of one replay.
@@ -94,6 +190,8 @@ pub struct ReplaySummary {
     pub scored: u64,
     pub rejected: u64,
     pub duplicates: u64,
+    pub labels: u64,
+    pub labels_rejected: u64,
 }
 
 /// Replays `input` line by line; scores in batches of `max_batch` when a scorer is given,
@@ -105,6 +203,7 @@ pub fn replay(
     input: impl BufRead,
     mut scored: impl Write,
     mut rejected: impl Write,
+    mut labels: Option<&mut LabelFeed>,
 ) -> Result<ReplaySummary, ReplayError> {
     let mut summary = ReplaySummary::default();
     let mut batch: Vec<Prepared> = Vec::with_capacity(max_batch);
@@ -115,7 +214,13 @@ pub fn replay(
             line.pop();
         }
         summary.lines += 1;
-        match engine.prepare(0, None, &line) {
+        if let Some(feed) = labels.as_deref_mut().filter(|f| !f.is_done()) {
+            // The transaction's own time says which labels are known by now.
+            if let Ok(t) = decode::decode(None, &line, usize::MAX) {
+                feed.until(t.timestamp);
+            }
+        }
+        match engine.prepare(0, summary.lines as i64, None, &line) {
             Ok(prepared) => {
                 summary.duplicates += prepared.duplicate as u64;
                 batch.push(prepared);

@@ -17,6 +17,7 @@ use crate::model::{Model, ModelError};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::shared::Shared;
 use crate::store::Store;
+use crate::terminals::Terminals;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -31,6 +32,8 @@ pub enum StartError {
     },
     #[error("starting threads: {0}")]
     Io(#[from] std::io::Error),
+    #[error("state directory: {0}")]
+    State(#[from] crate::snapshot::SnapshotError),
 }
 
 /// How a running service ended badly.
@@ -79,7 +82,14 @@ impl Service {
         );
         let spec = Arc::new(model.spec().clone());
         let scorer = Scorer::new(model, config.model.thresholds());
-        let shared = Shared::new(Metrics::new(), Arc::new(Store::default()));
+        let store = if config.state.snapshots() {
+            Store::with_seed(crate::snapshot::state_seed(&config.state.dir)?)
+        } else {
+            Store::default()
+        };
+        let engine_config = config.engine.engine_config(true);
+        let terminals = Arc::new(Terminals::new(engine_config.terminal_span_ms(&spec)));
+        let shared = Shared::new(Metrics::new(), Arc::new(store), terminals.clone());
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -99,11 +109,19 @@ impl Service {
         }
 
         let brokers = config.kafka.brokers.clone();
-        let span_ms = config.engine.engine_config(true).retention(&spec).span_ms();
+        let span_ms = engine_config.retention(&spec).span_ms();
         let eviction_interval = config.engine.eviction_interval;
-        let pipeline = Pipeline::new(config, scorer, shared.clone())?;
-        info!(%brokers, "consuming");
         let stop = Arc::new(AtomicBool::new(false));
+        // Started with the clients made, so that a failed start leaves no thread behind.
+        let labels = (!spec.terminal_windows().is_empty()).then(|| config.clone());
+        let pipeline = Pipeline::new(config, scorer, shared.clone())?;
+        match labels {
+            Some(config) => {
+                crate::labels::spawn(&config, shared.clone(), terminals, stop.clone())?;
+            }
+            None => info!("the model takes no terminal features: labels are not read"),
+        }
+        info!(%brokers, "consuming");
         let stop_flag = stop.clone();
         let (ended_tx, pipeline_ended) = oneshot::channel();
         let pipeline = std::thread::Builder::new()

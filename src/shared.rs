@@ -8,6 +8,7 @@ use fraudscore_contract::OffsetTracker;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::terminals::Terminals;
 
 /// What `/readyz` reports.
 #[derive(Debug, Default)]
@@ -21,6 +22,9 @@ pub struct Health {
     /// Set by the rebalance callback when partitions are assigned, cleared by the pipeline once
     /// their state is restored; read by `/readyz`.
     restoring: AtomicBool,
+    /// Set while the labels reader reads the labels topic up to where it ended at start; read by
+    /// `/readyz`.
+    labels_loading: AtomicBool,
 }
 
 impl Health {
@@ -56,6 +60,14 @@ impl Health {
         self.restoring.load(Ordering::Relaxed)
     }
 
+    pub fn labels_loading(&self, yes: bool) {
+        self.labels_loading.store(yes, Ordering::Relaxed);
+    }
+
+    pub fn is_labels_loading(&self) -> bool {
+        self.labels_loading.load(Ordering::Relaxed)
+    }
+
     pub fn has_partitions(&self) -> bool {
         !self.partitions().is_empty()
     }
@@ -73,6 +85,8 @@ pub struct Shared {
     /// Written by the pipeline thread (the engine) and the rebalance callback (release on
     /// revocation); read by `/customers/{id}` and the state gauges.
     pub store: Arc<Store>,
+    /// Written by the labels reader; read by the engine, `/terminals/{id}` and the gauges.
+    pub terminals: Arc<Terminals>,
     pub health: Health,
     /// Written by the pipeline thread (consumed), the delivery callback (acknowledged) and the
     /// rebalance and commit callbacks (forget, commit failed); read when committing.
@@ -80,10 +94,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(metrics: Metrics, store: Arc<Store>) -> Arc<Shared> {
+    pub fn new(metrics: Metrics, store: Arc<Store>, terminals: Arc<Terminals>) -> Arc<Shared> {
         Arc::new(Shared {
             metrics,
             store,
+            terminals,
             health: Health::default(),
             offsets: Mutex::default(),
         })
@@ -95,6 +110,8 @@ impl Shared {
         m.customers.set(self.store.customers() as i64);
         m.window_events.set(self.store.window_events());
         m.customers_full.inc_by(self.store.take_full_refusals());
+        m.terminals.set(self.terminals.terminals() as i64);
+        m.terminal_labels.set(self.terminals.labels_held());
         m.state_horizon_seconds.reset();
         for (partition, ms) in self.store.horizons() {
             m.state_horizon_seconds

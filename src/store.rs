@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use dashmap::DashMap;
@@ -18,10 +18,20 @@ struct Customer {
 }
 
 /// The newest and oldest event times a partition has admitted, in epoch ms.
-#[derive(Debug, Clone, Copy)]
-struct Marks {
-    newest: i64,
-    oldest: i64,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marks {
+    pub newest: i64,
+    pub oldest: i64,
+}
+
+/// One partition being copied into a snapshot while scoring goes on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionCapture {
+    pub partition: i32,
+    /// The partition's next offset when the copy began: the state reflects every message before it.
+    pub offset: i64,
+    /// The partition's marks at that moment.
+    pub marks: Option<Marks>,
 }
 
 /// Concurrent map from customer to windows: the pipeline writes, HTTP lookups and the evictor
@@ -39,27 +49,54 @@ pub struct Store {
     /// Events refused because their customer held `max_events_per_customer`: added to by the
     /// pipeline thread, taken by the metrics render.
     full_refusals: AtomicU64,
+    /// Set while a snapshot copies customers (by [`Store::begin_capture`] on the pipeline thread,
+    /// cleared by [`Store::end_capture`] on the snapshot thread).
+    capturing: AtomicBool,
+    /// While capturing, the offset of the last message applied to each customer: a customer
+    /// copied after such a message already holds it, and a restore must not apply it again.
+    /// Written under the customer's shard lock, so the copy of a customer and its entry agree.
+    touched: DashMap<CustomerId, i64, foldhash::fast::RandomState>,
+    /// Partitions released or reloaded during a capture: their copy is incomplete.
+    spoiled: Mutex<Vec<i32>>,
 }
 
 impl Default for Store {
+    /// A store with a random id seed: for state that is never saved.
     fn default() -> Self {
-        // Sharded finely, so that the evictor's pass over one shard blocks the pipeline briefly.
-        let hasher = foldhash::fast::RandomState::default();
-        Store {
-            customers: DashMap::with_hasher_and_shard_amount(hasher, 256),
-            events: AtomicI64::new(0),
-            watermarks: Mutex::default(),
-            id_seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64),
-            full_refusals: AtomicU64::new(0),
-        }
+        Store::with_seed(std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64))
     }
 }
 
 impl Store {
-    /// Runs `f` on the customer's windows, creating them on first sight.
+    /// A store hashing transaction ids with `id_seed`: saved state is read back with the seed it
+    /// was written with.
+    pub fn with_seed(id_seed: u64) -> Store {
+        // Sharded finely, so that the evictor's and the snapshot's passes over one shard block
+        // the pipeline briefly.
+        let hasher = foldhash::fast::RandomState::default();
+        Store {
+            customers: DashMap::with_hasher_and_shard_amount(hasher.clone(), 256),
+            events: AtomicI64::new(0),
+            watermarks: Mutex::default(),
+            id_seed,
+            full_refusals: AtomicU64::new(0),
+            capturing: AtomicBool::new(false),
+            touched: DashMap::with_hasher(hasher),
+            spoiled: Mutex::default(),
+        }
+    }
+
+    /// A check value of the id seed, safe to write down: state hashed with another seed is useless.
+    pub fn seed_check(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(b"fraudscore id seed check", self.id_seed)
+    }
+
+    /// Runs `f` on the customer's windows, creating them on first sight; `offset` is the input
+    /// message's, remembered while a snapshot is being copied.
     pub fn with_customer<R>(
         &self,
         partition: i32,
+        offset: i64,
         id: &CustomerId,
         f: impl FnOnce(&mut CustomerWindows) -> R,
     ) -> R {
@@ -67,6 +104,9 @@ impl Store {
             Some(entry) => entry,
             None => self.customers.entry(id.clone()).or_default(),
         };
+        if self.capturing.load(Ordering::Acquire) {
+            self.touched.insert(id.clone(), offset);
+        }
         entry.partition = partition;
         let before = entry.windows.len() as i64;
         let r = f(&mut entry.windows);
@@ -80,9 +120,24 @@ impl Store {
         self.customers.get(id).map(|c| f(&c.windows))
     }
 
-    /// The keyed 64-bit hash of a transaction id, as the windows store it.
+    /// The keyed hash of a transaction id, as the windows store it (62 bits: the low two are
+    /// the windows' own).
     pub fn id_hash(&self, transaction_id: &str) -> u64 {
-        xxhash_rust::xxh3::xxh3_64_with_seed(transaction_id.as_bytes(), self.id_seed)
+        xxhash_rust::xxh3::xxh3_64_with_seed(transaction_id.as_bytes(), self.id_seed) & !0b11
+    }
+
+    /// Records the outcome code of a scored event of a customer held here.
+    pub fn record_outcome(&self, id: &CustomerId, at: EventTime, id_hash: u64, outcome: u8) {
+        if let Some(mut c) = self.customers.get_mut(id.as_str()) {
+            c.windows.set_outcome(at, id_hash, outcome);
+        }
+    }
+
+    /// The outcome code recorded for a customer's event, if the customer and the event are held here.
+    pub fn outcome(&self, customer: &str, at: EventTime, id_hash: u64) -> Option<u8> {
+        self.customers
+            .get(customer)
+            .and_then(|c| c.windows.outcome(at, id_hash))
     }
 
     /// Admits an event at `at` on `partition` unless it is older than `horizon_ms` before the
@@ -144,8 +199,73 @@ impl Store {
         before.saturating_sub(self.customers.len())
     }
 
+    /// Starts copying these partitions (each with the next offset it will consume) for a
+    /// snapshot. Called on the thread that applies their messages, between two messages.
+    pub fn begin_capture(&self, positions: &[(i32, i64)]) -> Vec<PartitionCapture> {
+        self.touched.clear();
+        lock(&self.spoiled).clear();
+        let marks = self.watermarks();
+        let captures = positions
+            .iter()
+            .map(|&(partition, offset)| PartitionCapture {
+                partition,
+                offset,
+                marks: marks.get(&partition).copied(),
+            })
+            .collect();
+        self.capturing.store(true, Ordering::Release);
+        captures
+    }
+
+    /// Calls `each` with every customer of the captured partitions, its windows, and the offset
+    /// of the last message applied to it since the capture began, if any. Locks one shard at a time.
+    pub fn capture(
+        &self,
+        partitions: &[i32],
+        mut each: impl FnMut(i32, &CustomerId, &CustomerWindows, Option<i64>),
+    ) {
+        for c in self.customers.iter() {
+            if partitions.contains(&c.partition) {
+                let applied = self.touched.get(c.key()).map(|o| *o);
+                each(c.partition, c.key(), &c.windows, applied);
+            }
+        }
+    }
+
+    /// Ends a capture; returns the partitions released or reloaded meanwhile, whose copy is unusable.
+    pub fn end_capture(&self) -> Vec<i32> {
+        self.capturing.store(false, Ordering::Release);
+        self.touched.clear();
+        std::mem::take(&mut *lock(&self.spoiled))
+    }
+
+    /// Replaces a partition's state with what a snapshot held.
+    pub fn load_partition(
+        &self,
+        partition: i32,
+        marks: Option<Marks>,
+        customers: impl IntoIterator<Item = (CustomerId, CustomerWindows)>,
+    ) {
+        self.release_partitions(&[partition]);
+        if let Some(marks) = marks {
+            self.watermarks().insert(partition, marks);
+        }
+        for (id, windows) in customers {
+            self.events
+                .fetch_add(windows.len() as i64, Ordering::Relaxed);
+            let old = self.customers.insert(id, Customer { partition, windows });
+            if let Some(old) = old {
+                self.events
+                    .fetch_sub(old.windows.len() as i64, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Drops the state of customers on partitions this instance no longer owns.
     pub fn release_partitions(&self, partitions: &[i32]) -> usize {
+        if self.capturing.load(Ordering::Acquire) {
+            lock(&self.spoiled).extend(partitions);
+        }
         {
             let mut marks = self.watermarks();
             for p in partitions {
@@ -165,8 +285,7 @@ impl Store {
     }
 
     fn watermarks(&self) -> MutexGuard<'_, HashMap<i32, Marks>> {
-        // Each update is one statement: a panic elsewhere cannot leave it half-done.
-        self.watermarks.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.watermarks)
     }
 
     pub fn customers(&self) -> usize {
@@ -184,6 +303,11 @@ impl Store {
     }
 }
 
+/// Every update under the store's locks is one statement: a panic elsewhere cannot leave one half-done.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,7 +322,7 @@ mod tests {
         let t = EventTime::checked(1_700_000_000_000i64).unwrap();
         for (p, c) in [(0, "a"), (1, "b"), (1, "c"), (2, "d")] {
             store
-                .with_customer(p, &CustomerId::new(c), |w| w.insert(t, 1, 1.0, &r))
+                .with_customer(p, 0, &CustomerId::new(c), |w| w.insert(t, 1, 1.0, &r))
                 .unwrap();
         }
         assert_eq!((store.customers(), store.window_events()), (4, 4));

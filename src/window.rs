@@ -64,6 +64,15 @@ impl Retention {
     pub fn span_ms(&self) -> i64 {
         2 * self.longest_ms + self.lateness_ms
     }
+
+    /// Everything that decides which events the state holds: a snapshot is valid only for the
+    /// same description.
+    pub fn describe(&self) -> String {
+        format!(
+            "longest window {} ms, allowed lateness {} ms, at most {} events per customer",
+            self.longest_ms, self.lateness_ms, self.max_events
+        )
+    }
 }
 
 /// What happened to an offered event.
@@ -84,9 +93,13 @@ pub enum Refused {
     Full { held: usize },
 }
 
-/// An event in 24 bytes, ordered by (timestamp, id hash). The full 64-bit keyed hash of the
-/// transaction id tells re-deliveries from other transactions of the same millisecond: 16 bytes
-/// with 22 bits of an unkeyed hash left one pair in 4 M colliding, and collisions easy to craft.
+/// The low bits of an event's id word that hold the decision it was scored with, not the id.
+const OUTCOME_BITS: u64 = 0b11;
+
+/// An event in 24 bytes, ordered by (timestamp, id hash). A 62-bit keyed hash of the transaction
+/// id tells re-deliveries from other transactions of the same millisecond (16 bytes with 22 bits
+/// of an unkeyed hash left one pair in 4 M colliding, and collisions easy to craft); the two low
+/// bits keep the decision it was scored with, for when its fraud label arrives.
 #[derive(Debug, Clone, Copy)]
 struct Event {
     at: i64,
@@ -96,7 +109,7 @@ struct Event {
 
 impl Event {
     fn key(&self) -> (i64, u64) {
-        (self.at, self.id)
+        (self.at, self.id & !OUTCOME_BITS)
     }
 }
 
@@ -122,7 +135,7 @@ impl CustomerWindows {
                 return Err(Refused::TooLate { newest });
             }
         }
-        let k = (at.millis(), id);
+        let k = (at.millis(), id & !OUTCOME_BITS);
         let pos = self.events.partition_point(|e| e.key() < k);
         if self.events.get(pos).is_some_and(|e| e.key() == k) {
             return Ok(Admission::Duplicate);
@@ -143,7 +156,7 @@ impl CustomerWindows {
             pos,
             Event {
                 at: at.millis(),
-                id,
+                id: k.1,
                 amount,
             },
         );
@@ -191,6 +204,30 @@ impl CustomerWindows {
         }
     }
 
+    /// Records the outcome (1 to 3; 0 is "not scored") of the event at `at` with id hash `id`;
+    /// false if it is not held.
+    pub fn set_outcome(&mut self, at: EventTime, id: u64, outcome: u8) -> bool {
+        let k = (at.millis(), id & !OUTCOME_BITS);
+        let pos = self.events.partition_point(|e| e.key() < k);
+        match self.events.get_mut(pos) {
+            Some(e) if e.key() == k => {
+                e.id = k.1 | (outcome as u64 & OUTCOME_BITS);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The outcome recorded for the event at `at` with id hash `id`, if it is held (0: none).
+    pub fn outcome(&self, at: EventTime, id: u64) -> Option<u8> {
+        let k = (at.millis(), id & !OUTCOME_BITS);
+        let pos = self.events.partition_point(|e| e.key() < k);
+        self.events
+            .get(pos)
+            .filter(|e| e.key() == k)
+            .map(|e| (e.id & OUTCOME_BITS) as u8)
+    }
+
     pub fn newest(&self) -> Option<EventTime> {
         self.events.last().and_then(|e| EventTime::checked(e.at))
     }
@@ -201,6 +238,28 @@ impl CustomerWindows {
 
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
+    }
+
+    /// The events held, oldest first, as (epoch ms, id hash, amount): what a snapshot stores.
+    pub fn events(&self) -> impl ExactSizeIterator<Item = (i64, u64, f64)> + '_ {
+        self.events.iter().map(|e| (e.at, e.id, e.amount))
+    }
+
+    /// Windows holding `events` as [`CustomerWindows::events`] gave them; `None` unless they are
+    /// strictly ascending by (time, id hash), as no insert sequence could have left them otherwise.
+    pub fn from_events(events: impl ExactSizeIterator<Item = (i64, u64, f64)>) -> Option<Self> {
+        let mut held = ThinVec::with_capacity(events.len());
+        for (at, id, amount) in events {
+            let event = Event { at, id, amount };
+            if held
+                .last()
+                .is_some_and(|last: &Event| last.key() >= event.key())
+            {
+                return None;
+            }
+            held.push(event);
+        }
+        Some(CustomerWindows { events: held })
     }
 
     /// Heap bytes held for the events themselves (not the array's header), for the memory accounting.
@@ -251,6 +310,21 @@ mod tests {
         assert_eq!(c.insert(at(T0), 7, 5.0, &r), Ok(Admission::Duplicate));
         assert_eq!(c.insert(at(T0), 8, 5.0, &r), Ok(Admission::Added));
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn an_outcome_is_kept_beside_the_event_and_does_not_change_its_identity() {
+        let r = Retention::new(w(10 * MIN), 0);
+        let mut c = CustomerWindows::default();
+        c.insert(at(T0), 8, 5.0, &r).unwrap();
+        assert_eq!(c.outcome(at(T0), 8), Some(0));
+        assert!(c.set_outcome(at(T0), 8, 3));
+        assert_eq!(c.outcome(at(T0), 8), Some(3));
+        assert!(!c.set_outcome(at(T0), 12, 1));
+        assert_eq!(c.outcome(at(T0 + 1), 8), None);
+        // Still the same transaction for a re-delivery.
+        assert_eq!(c.insert(at(T0), 8, 5.0, &r), Ok(Admission::Duplicate));
+        assert_eq!(c.len(), 1);
     }
 
     #[test]
@@ -306,7 +380,7 @@ mod tests {
         /// re-delivered ids: every window agrees with the brute-force reference over all accepted events.
         #[test]
         fn windows_match_brute_force(
-            events in prop::collection::vec((0i64..200, 0u64..40, 0u32..10_000, any::<bool>()), 1..200),
+            events in prop::collection::vec((0i64..200, (0u64..40).prop_map(|i| i * 4), 0u32..10_000, any::<bool>()), 1..200),
             lateness_min in 0i64..20,
         ) {
             let windows = [w(MIN), w(10 * MIN), w(60 * MIN)];

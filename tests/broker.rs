@@ -57,6 +57,9 @@ struct Names {
     scored: String,
     dlq: String,
     group: String,
+    labels: String,
+    /// The instances' state directory (snapshots and id seed), shared like a host's disk.
+    state: tempfile::TempDir,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -72,8 +75,13 @@ fn fresh(brokers: &str, test: &str) -> Names {
         scored: format!("scored-{tag}"),
         dlq: format!("dlq-{tag}"),
         group: format!("fraudscore-{tag}"),
+        labels: format!("labels-{tag}"),
+        state: tempfile::tempdir().expect("state directory"),
     };
-    create_topics(brokers, &[&names.input, &names.scored, &names.dlq]);
+    create_topics(
+        brokers,
+        &[&names.input, &names.scored, &names.dlq, &names.labels],
+    );
     names
 }
 
@@ -120,7 +128,9 @@ fn fraudscore(args: &[&str], brokers: &str, names: &Names) -> Command {
         .env("FRAUDSCORE__KAFKA__INPUT_TOPIC", &names.input)
         .env("FRAUDSCORE__KAFKA__OUTPUT_TOPIC", &names.scored)
         .env("FRAUDSCORE__KAFKA__DLQ_TOPIC", &names.dlq)
-        .env("FRAUDSCORE__MODEL__PATH", model_path());
+        .env("FRAUDSCORE__MODEL__PATH", model_path())
+        .env("FRAUDSCORE__LABELS__TOPIC", &names.labels)
+        .env("FRAUDSCORE__STATE__DIR", names.state.path());
     cmd
 }
 
@@ -235,26 +245,49 @@ fn read_outputs(
     limit: Duration,
     mut done: impl FnMut(&[Output], &[Output]) -> bool,
 ) -> (Vec<Output>, Vec<Output>) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{}-reader", names.group))
-        .set("fetch.wait.max.ms", "5")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
+    // Where each partition of both topics is read next.
+    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for t in [&names.scored, &names.dlq] {
         for p in 0..PARTITIONS {
-            tpl.add_partition_offset(t, p, Offset::Beginning).unwrap();
+            next.insert((t.to_string(), p), 0);
         }
     }
-    consumer.assign(&tpl).unwrap();
+    let partitions: Vec<(String, i32)> = next.keys().cloned().collect();
+    let reader = || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("{}-reader", names.group))
+            .set("fetch.wait.max.ms", "5")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in &partitions {
+            tpl.add_partition_offset(t, *p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        consumer
+    };
+    let mut consumer = reader();
     let (mut scored, mut dlq) = (Vec::new(), Vec::new());
-    let start = Instant::now();
+    let (start, mut last) = (Instant::now(), Instant::now());
     while start.elapsed() < limit && !done(&scored, &dlq) {
+        // nisshi (0.8.1) sometimes never answers a fetch from the middle of a partition written
+        // in compressed batches, while a fetch from its start reads everything: when nothing
+        // comes for a while, read again from the start and skip what was read.
+        if last.elapsed() > Duration::from_secs(3) {
+            consumer = reader();
+            last = Instant::now();
+        }
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
+        last = Instant::now();
+        let at = (m.topic().to_string(), m.partition());
+        if m.offset() < next.get(&at).copied().unwrap_or(0) {
+            continue;
+        }
+        next.insert(at, m.offset() + 1);
         let headers = m
             .headers()
             .map(|h| {
@@ -310,7 +343,12 @@ fn now_ms() -> i64 {
 
 /// A valid transaction value at `ts` milliseconds.
 fn tx(id: &str, customer: &str, amount: f64, ts: i64) -> Vec<u8> {
-    json!({"transaction_id": id, "customer_id": customer, "terminal_id": "t-1", "amount": amount, "timestamp": ts})
+    tx_at(id, customer, "t-1", amount, ts)
+}
+
+/// A valid transaction value at `ts` milliseconds, at `terminal`.
+fn tx_at(id: &str, customer: &str, terminal: &str, amount: f64, ts: i64) -> Vec<u8> {
+    json!({"transaction_id": id, "customer_id": customer, "terminal_id": terminal, "amount": amount, "timestamp": ts})
         .to_string()
         .into_bytes()
 }
@@ -387,7 +425,7 @@ fn every_transaction_is_scored_with_the_engines_features_and_metrics_and_lookups
     let expected: HashMap<String, Value> = input
         .iter()
         .map(|(key, value)| {
-            let p = engine.prepare(0, Some(key.as_bytes()), value).unwrap();
+            let p = engine.prepare(0, 0, Some(key.as_bytes()), value).unwrap();
             let features = serde_json::to_value(engine.spec().named(&p.features)).unwrap();
             (p.transaction.transaction_id, features)
         })
@@ -575,22 +613,64 @@ fn produce_in_background(
     })
 }
 
-fn stop_mid_stream_and_restart(sig: &str) {
-    let Some(brokers) = broker() else { return };
-    let names = fresh(
-        &brokers,
-        &format!("stop{}", sig.trim_start_matches('-').to_lowercase()),
-    );
+/// What happens to the state directory between the stop and the restart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Disk {
+    /// Kept: the restart restores from snapshots.
+    Kept,
+    /// Lost (a new machine): the restart rebuilds from the input topic.
+    Lost,
+    /// Every snapshot damaged, a different way per file: the restart ignores them and rebuilds.
+    Damaged,
+}
+
+/// Snapshots every second, so that a kill finds some on disk.
+const SNAPSHOT_EVERY_SECOND: (&str, &str) = ("FRAUDSCORE__STATE__SNAPSHOT_INTERVAL", "1s");
+
+/// Stops an instance mid-stream with `sig`, does `disk` to its state directory, restarts, and
+/// checks that every id reaches an output with the features of one uninterrupted run. Returns
+/// the restarted instance, for the caller to check how it restored.
+fn stop_mid_stream_and_restart(sig: &str, disk: Disk) -> Instance {
+    let Some(brokers) = broker() else {
+        panic!("no broker")
+    };
+    let test = format!("stop{}{disk:?}", sig.trim_start_matches('-')).to_lowercase();
+    let names = fresh(&brokers, &test);
     let input = workload("s", 2000, 50);
-    let service = Instance::start(&brokers, &names, &[]);
+    let service = Instance::start(&brokers, &names, &[SNAPSHOT_EVERY_SECOND]);
     let load = produce_in_background(&brokers, &names.input, input.clone(), 500);
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(2500));
     let (status, took) = service.signal(sig);
     if sig == "-TERM" {
         assert!(status.success(), "SIGTERM exit: {status:?}");
         assert!(took < Duration::from_secs(10), "stopped in {took:?}");
     }
-    let _service = Instance::start(&brokers, &names, &[]);
+    let snapshots = snapshot_files(names.state.path());
+    assert!(!snapshots.is_empty(), "snapshots written before the {sig}");
+    match disk {
+        Disk::Kept => {}
+        Disk::Lost => {
+            for entry in std::fs::read_dir(names.state.path()).unwrap() {
+                let path = entry.unwrap().path();
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
+        }
+        Disk::Damaged => {
+            for (i, path) in snapshots.iter().enumerate() {
+                let mut bytes = std::fs::read(path).unwrap();
+                match i % 3 {
+                    0 => {
+                        let middle = bytes.len() / 2;
+                        bytes[middle] ^= 0x10;
+                    }
+                    1 => bytes.truncate(bytes.len() * 2 / 3),
+                    _ => bytes[8] += 1, // the format version
+                }
+                std::fs::write(path, bytes).unwrap();
+            }
+        }
+    }
+    let restarted = Instance::start(&brokers, &names, &[SNAPSHOT_EVERY_SECOND]);
     load.join().unwrap();
     let wanted: HashSet<String> = (0..input.len()).map(|i| format!("s-{i}")).collect();
     let (scored, dlq) = read_outputs(&brokers, &names, Duration::from_secs(90), |s, _| {
@@ -608,9 +688,34 @@ fn stop_mid_stream_and_restart(sig: &str) {
         "{} ids never reached an output after {sig}, e.g. {missing:?}",
         wanted.len() - got.len().min(wanted.len())
     );
-    // The restarted instance rebuilt each partition's state before scoring: every output,
+    // The restarted instance restored each partition's state before scoring: every output,
     // re-scored ones included, has the features of one uninterrupted run.
     assert_features_exact(&brokers, &names);
+    restarted
+}
+
+/// The snapshot files under a state directory.
+fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "snap") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn restored_from(instance: &Instance, source: &str) -> f64 {
+    instance.metric(&format!(
+        "fraudscore_partitions_restored_total{{source=\"{source}\"}}"
+    ))
 }
 
 /// `fraudscore audit` on this test's topics: whether it found every output's features equal to
@@ -633,12 +738,58 @@ fn assert_features_exact(brokers: &str, names: &Names) {
 
 #[test]
 fn sigterm_mid_stream_then_restart_loses_nothing() {
-    stop_mid_stream_and_restart("-TERM");
+    if broker().is_none() {
+        return;
+    }
+    let restarted = stop_mid_stream_and_restart("-TERM", Disk::Kept);
+    // SIGTERM wrote a last snapshot at the committed offsets: nothing is rebuilt from the topic.
+    assert_eq!(restored_from(&restarted, "snapshot"), PARTITIONS as f64);
+    assert_eq!(restored_from(&restarted, "topic"), 0.0);
 }
 
 #[test]
-fn sigkill_mid_stream_then_restart_loses_nothing() {
-    stop_mid_stream_and_restart("-KILL");
+fn sigkill_mid_stream_then_restart_restores_from_snapshots_and_loses_nothing() {
+    if broker().is_none() {
+        return;
+    }
+    let restarted = stop_mid_stream_and_restart("-KILL", Disk::Kept);
+    assert!(
+        restored_from(&restarted, "snapshot") > 0.0,
+        "some partition restored from a periodic snapshot"
+    );
+}
+
+#[test]
+fn a_new_instance_with_an_empty_state_directory_rebuilds_from_the_topic() {
+    if broker().is_none() {
+        return;
+    }
+    let restarted = stop_mid_stream_and_restart("-KILL", Disk::Lost);
+    assert_eq!(restored_from(&restarted, "snapshot"), 0.0);
+    assert_eq!(restored_from(&restarted, "topic"), PARTITIONS as f64);
+}
+
+#[test]
+fn damaged_snapshots_are_ignored_and_the_state_rebuilt_exactly() {
+    if broker().is_none() {
+        return;
+    }
+    let restarted = stop_mid_stream_and_restart("-TERM", Disk::Damaged);
+    assert_eq!(restored_from(&restarted, "snapshot"), 0.0);
+    assert_eq!(restored_from(&restarted, "topic"), PARTITIONS as f64);
+    let ignored = |reason: &str| {
+        restarted.metric(&format!(
+            "fraudscore_snapshots_ignored_total{{reason=\"{reason}\"}}"
+        ))
+    };
+    assert!(
+        ignored("damaged") >= 2.0,
+        "flipped and truncated files reported as damaged"
+    );
+    assert!(
+        ignored("version") >= 1.0,
+        "a file of another version reported"
+    );
 }
 
 #[test]
@@ -664,8 +815,9 @@ fn two_instances_split_the_partitions_and_output_every_id() {
     );
     assert!(na > 0.0 && nb > 0.0, "both instances scored: {na} and {nb}");
     assert!(na + nb >= input.len() as f64);
-    // Stop one mid-stream: the survivor takes its partitions over, rebuilds their state from the
-    // topic, and scores the rest with the features of one uninterrupted run.
+    // Stop one mid-stream: the survivor takes its partitions over, restores their state (from the
+    // snapshots its peer wrote at SIGTERM into the shared directory, then the topic), and scores
+    // the rest with the features of one uninterrupted run.
     let more = workload("q", 1000, 64);
     let load = produce_in_background(&brokers, &names.input, more.clone(), 500);
     std::thread::sleep(Duration::from_millis(800));
@@ -673,9 +825,13 @@ fn two_instances_split_the_partitions_and_output_every_id() {
     assert!(status.success(), "SIGTERM exit: {status:?}");
     load.join().unwrap();
     let all = input.len() + more.len();
-    let (scored, _) = read_outputs(&brokers, &names, Duration::from_secs(90), |s, _| {
+    // nisshi 0.8.1 has been seen to make the survivor's acknowledged outputs of one partition
+    // readable only a minute or more later (a fresh reader then finds them all, in order).
+    let started = Instant::now();
+    let (scored, _) = read_outputs(&brokers, &names, Duration::from_secs(240), |s, _| {
         ids_of(s).into_iter().collect::<HashSet<_>>().len() >= all
     });
+    eprintln!("every output read after {:?}", started.elapsed());
     assert_eq!(
         ids_of(&scored).into_iter().collect::<HashSet<_>>().len(),
         all,
@@ -684,6 +840,200 @@ fn two_instances_split_the_partitions_and_output_every_id() {
     assert_features_exact(&brokers, &names);
     assert!(
         b.metric("fraudscore_restore_events_total") > 0.0,
-        "the survivor rebuilt state"
+        "the survivor restored state"
     );
+    assert!(
+        restored_from(&b, "snapshot") > 0.0,
+        "the survivor read the snapshots its peer wrote at SIGTERM into the shared directory"
+    );
+}
+
+/// The feedback loop on the real broker: transactions at eight terminals are scored, then their
+/// labels are published (four terminals all fraud, four all genuine). Both instances of the group
+/// read every label, so the later transactions at those terminals, whichever instance scores
+/// them, carry the terminal features and the score moves; the audit's replay with the labels
+/// agrees with every output.
+#[test]
+fn labels_change_later_scores_on_every_instance_and_the_replay_agrees() {
+    let Some(brokers) = broker() else { return };
+    let names = fresh(&brokers, "labels");
+    let a = Instance::start(&brokers, &names, &[]);
+    let b = Instance::start(&brokers, &names, &[]);
+    a.wait_ready(Duration::from_secs(60));
+    b.wait_ready(Duration::from_secs(60));
+    let (day, now) = (86_400_000i64, now_ms());
+    let terminal = |i: usize| format!("T{}", i % 8);
+    // 64 customers, so that every partition and both instances have some.
+    let customer = |i: usize| format!("c{}", i % 64);
+    let history_at = now - 9 * day;
+    let history: Vec<(String, Vec<u8>)> = (0..128)
+        .map(|i| {
+            let at = history_at + i as i64 * 1000;
+            (
+                customer(i),
+                tx_at(&format!("h-{i}"), &customer(i), &terminal(i), 30.0, at),
+            )
+        })
+        .collect();
+    let p = producer(&brokers);
+    for (key, value) in &history {
+        send(&p, &names.input, Some(key), value);
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    read_outputs(&brokers, &names, Duration::from_secs(60), |s, _| {
+        s.len() >= history.len()
+    });
+
+    // Labels known a day after their transactions: well before the later ones below.
+    for i in 0..128 {
+        let fraud = i % 8 < 4;
+        let label = json!({
+            "transaction_id": format!("h-{i}"), "customer_id": customer(i), "terminal_id": terminal(i),
+            "timestamp": history_at + i as i64 * 1000, "label": if fraud { "fraud" } else { "genuine" },
+            "labelled_at": history_at + day,
+        });
+        send(
+            &p,
+            &names.labels,
+            Some(&terminal(i)),
+            label.to_string().as_bytes(),
+        );
+    }
+    // One bad label: both instances read it; dead-lettered at least once, by each at most once.
+    send(
+        &p,
+        &names.labels,
+        None,
+        br#"{"transaction_id":"x","label":"fraud"}"#,
+    );
+    p.flush(Duration::from_secs(10)).unwrap();
+    let labels_read = |i: &Instance| {
+        i.metric("fraudscore_labels_total{outcome=\"fraud\"}")
+            + i.metric("fraudscore_labels_total{outcome=\"genuine\"}")
+    };
+    let until = Instant::now() + Duration::from_secs(60);
+    while (labels_read(&a) < 128.0 || labels_read(&b) < 128.0) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        (labels_read(&a), labels_read(&b)),
+        (128.0, 128.0),
+        "every instance read every label"
+    );
+
+    // Seven and a half days after the history: inside the 1-day window ending 7 days back.
+    let later_at = history_at + 7 * day + day / 2;
+    let later: Vec<(String, Vec<u8>)> = (0..128)
+        .map(|i| {
+            let at = later_at + i as i64 * 1000;
+            (
+                customer(i),
+                tx_at(&format!("l-{i}"), &customer(i), &terminal(i), 30.0, at),
+            )
+        })
+        .collect();
+    for (key, value) in &later {
+        send(&p, &names.input, Some(key), value);
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let (scored, dlq) = read_outputs(&brokers, &names, Duration::from_secs(60), |s, d| {
+        s.len() >= history.len() + later.len() && !d.is_empty()
+    });
+    let (mut fraud_scores, mut genuine_scores) = (Vec::new(), Vec::new());
+    for out in scored.iter().map(json) {
+        let id = out["transaction_id"].as_str().unwrap().to_string();
+        let f = &out["features"];
+        if id.starts_with("h-") {
+            assert_eq!(f["terminal_tx_count_1d_delay_7d"], 0, "{out}");
+            continue;
+        }
+        let i: usize = id[2..].parse().unwrap();
+        // 16 labelled transactions per terminal, all on the history's day.
+        assert_eq!(f["terminal_tx_count_1d_delay_7d"], 16, "{out}");
+        let fraud = i % 8 < 4;
+        assert_eq!(
+            f["terminal_risk_1d_delay_7d"],
+            if fraud { 1.0 } else { 0.0 },
+            "{out}"
+        );
+        let score = out["score"].as_f64().unwrap();
+        if fraud {
+            fraud_scores.push(score)
+        } else {
+            genuine_scores.push(score)
+        }
+    }
+    // Every label read live (the history's above, the later transactions' now) is counted once
+    // in the group, by the instance holding its customer, under the decision that instance gave.
+    let mut want: HashMap<(String, String), f64> = HashMap::new();
+    for out in scored.iter().map(json) {
+        let id = out["transaction_id"].as_str().unwrap().to_string();
+        let i: usize = id[2..].parse().unwrap();
+        let fraud = i % 8 < 4;
+        let truth = if fraud { "fraud" } else { "genuine" };
+        let decision = out["decision"].as_str().unwrap().to_string();
+        *want.entry((decision, truth.to_string())).or_default() += 1.0;
+        if id.starts_with("h-") {
+            continue;
+        }
+        let label = json!({
+            "transaction_id": id, "customer_id": customer(i), "terminal_id": terminal(i),
+            "timestamp": later_at + i as i64 * 1000, "label": truth, "labelled_at": later_at + day,
+        });
+        send(
+            &p,
+            &names.labels,
+            Some(&terminal(i)),
+            label.to_string().as_bytes(),
+        );
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let counted = |decision: &str, truth: &str| {
+        let name = format!(
+            "fraudscore_labelled_decisions_total{{decision=\"{decision}\",label=\"{truth}\"}}"
+        );
+        a.metric(&name) + b.metric(&name)
+    };
+    let total = || {
+        ["approve", "review", "decline"]
+            .iter()
+            .flat_map(|d| ["fraud", "genuine"].map(|t| counted(d, t)))
+            .sum::<f64>()
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while total() < 256.0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for decision in ["approve", "review", "decline"] {
+        for truth in ["fraud", "genuine"] {
+            let expected = want
+                .get(&(decision.to_string(), truth.to_string()))
+                .copied()
+                .unwrap_or(0.0);
+            assert_eq!(counted(decision, truth), expected, "{decision} / {truth}");
+        }
+    }
+
+    let lowest_fraud = fraud_scores.iter().cloned().fold(f64::MAX, f64::min);
+    let highest_genuine = genuine_scores.iter().cloned().fold(f64::MIN, f64::max);
+    assert!(
+        lowest_fraud > highest_genuine,
+        "at fraud terminals every score ({lowest_fraud} and up) above those at genuine ones (up to {highest_genuine})"
+    );
+    let scored_later = |i: &Instance| i.metric("fraudscore_transactions_total{outcome=\"scored\"}");
+    assert!(
+        scored_later(&a) > 0.0 && scored_later(&b) > 0.0,
+        "both instances scored"
+    );
+    let bad: Vec<_> = dlq
+        .iter()
+        .filter(|d| d.headers.get("fraudscore.source.topic") == Some(&names.labels))
+        .collect();
+    assert!(
+        (1..=2).contains(&bad.len()),
+        "the bad label dead-lettered at least once, by each instance at most once: {dlq:?}"
+    );
+    assert_eq!(bad[0].headers["fraudscore.dlq.reason"], "missing_field");
+    assert_features_exact(&brokers, &names);
 }

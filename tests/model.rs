@@ -100,6 +100,7 @@ fn replay_scores_every_good_line_and_dead_letters_every_bad_one() {
         input.as_bytes(),
         &mut out,
         &mut dlq,
+        None,
     )
     .unwrap();
     assert_eq!(

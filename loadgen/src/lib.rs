@@ -5,6 +5,7 @@
 pub mod capacity;
 pub mod kafka;
 pub mod matcher;
+pub mod mock_broker;
 pub mod passthrough;
 pub mod report;
 pub mod run;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use loadgen::{capacity, passthrough, run, sim};
+use loadgen::{capacity, mock_broker, passthrough, run, sim};
 use time::macros::format_description;
 use time::Date;
 
@@ -35,6 +35,8 @@ enum Command {
     Capacity(capacity::CapacityArgs),
     /// Copy input to output with no work: the latency floor, and a stand-in service.
     Passthrough(passthrough::PassthroughArgs),
+    /// Serve librdkafka's mock cluster as a standalone benchmark broker (`--mock`).
+    Broker(mock_broker::BrokerArgs),
 }
 
 #[derive(Args, Debug)]
@@ -56,6 +58,12 @@ struct SimulateArgs {
     /// Output file; `-` or absent for stdout.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Also write one fraud label per transaction (the labels topic's format) to this file.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// How long after its transaction a label is known (`labelled_at`); the handbook's is 7 days.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    label_delay: std::time::Duration,
 }
 
 fn parse_date(text: &str) -> Result<Date, time::error::Parse> {
@@ -99,6 +107,7 @@ fn main() -> anyhow::Result<()> {
             passthrough::execute(&args, &STOP).context("loadgen passthrough")?;
             Ok(())
         }
+        Command::Broker(args) => mock_broker::execute(&args, &STOP),
     }
 }
 
@@ -122,9 +131,21 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         }
         _ => (Box::new(io::stdout().lock()), "stdout".to_owned()),
     };
+    let mut labels = match &args.labels {
+        Some(path) => Some(BufWriter::with_capacity(
+            1 << 20,
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let delay = time::Duration::try_from(args.label_delay).context("--label-delay")?;
     let started = Instant::now();
-    let summary = sim::simulate(&config, &mut BufWriter::with_capacity(1 << 20, sink))
-        .with_context(|| format!("simulating into {destination}"))?;
+    let summary = sim::simulate_with_labels(
+        &config,
+        &mut BufWriter::with_capacity(1 << 20, sink),
+        labels.as_mut().map(|w| (w as &mut dyn Write, delay)),
+    )
+    .with_context(|| format!("simulating into {destination}"))?;
     eprintln!(
         "simulate: {summary} -> {destination} in {:.2}s",
         started.elapsed().as_secs_f64()

@@ -101,8 +101,9 @@ mod tests {
                 amount: 1.0,
                 timestamp: at,
             },
-            features: spec.compute(1.0, at, &[Default::default(); 2]),
+            features: spec.compute(1.0, at, &[Default::default(); 2], &[]),
             duplicate: false,
+            id_hash: 0,
         };
         let source = Source {
             partition,

@@ -10,6 +10,7 @@ mod clients;
 mod commit;
 mod producer;
 mod restore;
+mod snapshots;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +18,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fraudscore_contract::{headers, RejectReason};
+use fraudscore_contract::RejectReason;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
@@ -29,12 +30,14 @@ use crate::engine::{Engine, Prepared, Scorer};
 use crate::model::ModelError;
 use crate::output;
 use crate::shared::Shared;
+use crate::snapshot::{SnapshotDir, StateCheck};
 use crate::time::EventTime;
 
 use batch::{Batch, Source};
 use clients::{Delivery, DeliveryContext, GroupContext, Outcome, OutputProducer};
 use commit::Commits;
 use producer::{classify, ErrorKind, Output, Record, SendError};
+use snapshots::{SnapshotPlace, Snapshots};
 
 /// How long shutdown and revocation wait for outstanding deliveries.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(8);
@@ -49,6 +52,8 @@ pub enum PipelineError {
     Kafka(#[from] KafkaError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("starting the snapshot thread: {0}")]
+    Thread(#[from] std::io::Error),
     #[error("stopping: the output producer failed fatally ({0}); what was acknowledged is committed, the rest is re-scored after a restart")]
     ProducerFatal(String),
     #[error("stopping: the output of partition {partition} offset {offset} cannot be produced even truncated ({error}); it stays uncommitted")]
@@ -92,6 +97,8 @@ struct Worker {
     scorer: Scorer,
     batch: Batch,
     commits: Commits,
+    /// Periodic snapshots of the window state, unless `state.snapshot_interval` is zero.
+    snapshots: Option<Snapshots>,
     shared: Arc<Shared>,
     config: Config,
     /// Outputs given up on because of a stop: in flight for good, so shutdown does not wait for them.
@@ -127,7 +134,6 @@ impl Pipeline {
                 producer.clone(),
                 config.kafka.input_topic.clone(),
             ))?;
-        consumer.subscribe(&[&config.kafka.input_topic])?;
 
         let require_key = input_partitions(&consumer, &config.kafka.input_topic) != Some(1);
         let model = scorer.model();
@@ -136,11 +142,22 @@ impl Pipeline {
             .model_info
             .with_label_values(&[model.version()])
             .set(1);
-        let engine = Engine::new(
-            model.spec().clone(),
-            &config.engine.engine_config(require_key),
-            shared.store.clone(),
-        );
+        let engine_config = config.engine.engine_config(require_key);
+        let engine = Engine::new(model.spec().clone(), &engine_config, shared.store.clone())
+            .with_terminals(shared.terminals.clone());
+        let snapshots = if config.state.snapshots() {
+            let place = SnapshotPlace {
+                dir: SnapshotDir::new(&config.state.dir, &config.kafka.input_topic),
+                check: StateCheck::new(&engine_config.retention(model.spec()), &shared.store),
+            };
+            Some(Snapshots::start(
+                place,
+                config.state.snapshot_interval,
+                shared.clone(),
+            )?)
+        } else {
+            None
+        };
         shared.health.model_loaded();
         let worker = Worker {
             output: Output::new(producer, failed),
@@ -151,6 +168,7 @@ impl Pipeline {
                 config.kafka.input_topic.clone(),
                 config.kafka.commit_interval,
             ),
+            snapshots,
             shared,
             config,
             abandoned: Cell::new(0),
@@ -165,7 +183,15 @@ impl Pipeline {
             consumer,
             mut worker,
         } = self;
-        let result = worker.consume(&consumer, stop);
+        // Terminal features need every label read up to where the topic ended at start: join
+        // the group (and take partitions to score) only then.
+        while worker.shared.health.is_labels_loading() && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let result = consumer
+            .subscribe(&[&worker.config.kafka.input_topic])
+            .map_err(PipelineError::from)
+            .and_then(|()| worker.consume(&consumer, stop));
         if let Err(e) = &result {
             error!(error = %e, "pipeline failed");
         }
@@ -215,6 +241,9 @@ impl Worker {
                 return Err(PipelineError::ProducerFatal(fatal));
             }
             self.commits.tick(consumer, &self.shared);
+            if let Some(snapshots) = &mut self.snapshots {
+                snapshots.tick();
+            }
         }
         Ok(())
     }
@@ -253,6 +282,7 @@ impl Worker {
             &mut self.engine,
             &self.shared,
             &self.config,
+            self.snapshots.as_ref().map(Snapshots::place),
             &assigned,
             stop,
         );
@@ -269,7 +299,7 @@ impl Worker {
         let consumed_at = Instant::now();
         self.shared.offsets().consumed(partition, offset);
         let value = msg.payload().unwrap_or_default();
-        match self.engine.prepare(partition, msg.key(), value) {
+        match self.engine.prepare(partition, offset, msg.key(), value) {
             Ok(prepared) => {
                 let source = Source {
                     partition,
@@ -340,6 +370,14 @@ impl Worker {
                 scored_at,
             );
             self.observe_scored(&prepared, scored_at);
+            // Kept beside the event, for the live quality metric when its label arrives.
+            let t = &prepared.transaction;
+            self.shared.store.record_outcome(
+                &t.customer_id,
+                t.timestamp,
+                prepared.id_hash,
+                verdict.decision.code(),
+            );
             let record = Record {
                 topic: &self.config.kafka.output_topic,
                 key: Some(prepared.transaction.customer_id.as_str().as_bytes()),
@@ -455,18 +493,14 @@ impl Worker {
         error: &str,
         source: SourceRef,
     ) -> OwnedHeaders {
-        headers
-            .insert(header(headers::DLQ_REASON, reason))
-            .insert(header(headers::DLQ_ERROR, truncate(error, TRUNCATED_BYTES)))
-            .insert(header(
-                headers::SOURCE_TOPIC,
-                &self.config.kafka.input_topic,
-            ))
-            .insert(header(
-                headers::SOURCE_PARTITION,
-                &source.partition.to_string(),
-            ))
-            .insert(header(headers::SOURCE_OFFSET, &source.offset.to_string()))
+        output::dead_letter_headers(
+            headers,
+            reason,
+            truncate(error, TRUNCATED_BYTES),
+            &self.config.kafka.input_topic,
+            source.partition,
+            source.offset,
+        )
     }
 
     /// Deliveries the producer gave up on: produced again, unless they can never succeed
@@ -548,6 +582,9 @@ impl Worker {
             warn!(left, "outputs not acknowledged at shutdown; their inputs stay uncommitted and will be re-scored");
         }
         self.commits.last(consumer, &self.shared);
+        if let Some(snapshots) = self.snapshots.take() {
+            snapshots.finish();
+        }
         info!("stopped");
     }
 }
@@ -588,11 +625,4 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
-    Header {
-        key,
-        value: Some(value),
-    }
 }

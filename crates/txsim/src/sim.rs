@@ -763,6 +763,32 @@ pub fn write_labelled_json_line<W: Write + ?Sized>(
     )
 }
 
+/// Writes the fraud label of one transaction, as on the service's labels topic, known `delay`
+/// after the transaction.
+pub fn write_label_line<W: Write + ?Sized>(
+    out: &mut W,
+    transaction_number: u64,
+    timestamp: OffsetDateTime,
+    delay: time::Duration,
+    tx: &Transaction,
+) -> io::Result<()> {
+    let rfc3339 = |t: OffsetDateTime| t.format(&Rfc3339).map_err(io::Error::other);
+    writeln!(
+        out,
+        "{{\"transaction_id\":\"tx-{transaction_number}\",\"customer_id\":\"{}\",\
+         \"terminal_id\":\"{}\",\"timestamp\":\"{}\",\"label\":\"{}\",\"labelled_at\":\"{}\"}}",
+        tx.customer,
+        tx.terminal,
+        rfc3339(timestamp)?,
+        if tx.label.is_fraud() {
+            "fraud"
+        } else {
+            "genuine"
+        },
+        rfc3339(timestamp + delay)?,
+    )
+}
+
 /// Everything the batch `simulate` command needs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SimulationConfig {
@@ -831,6 +857,16 @@ impl fmt::Display for Summary {
 /// Runs the whole simulation and writes it as JSON lines sorted by time; `out` should be
 /// buffered. Numbering is `tx-0`, `tx-1`, ... in output order.
 pub fn simulate<W: Write + ?Sized>(config: &SimulationConfig, out: &mut W) -> io::Result<Summary> {
+    simulate_with_labels(config, out, None)
+}
+
+/// [`simulate`], also writing one label per transaction into `labels`, known the given delay
+/// after it (in the same order: the delay is the same for all).
+pub fn simulate_with_labels<W: Write + ?Sized>(
+    config: &SimulationConfig,
+    out: &mut W,
+    mut labels: Option<(&mut dyn Write, time::Duration)>,
+) -> io::Result<Summary> {
     let clock = Clock::new(config.start_date);
     // RFC 3339 only has four-digit years; fail before writing anything rather than midway.
     if config.days > 0 {
@@ -855,10 +891,16 @@ pub fn simulate<W: Write + ?Sized>(config: &SimulationConfig, out: &mut W) -> io
                     io::Error::new(io::ErrorKind::InvalidInput, "timestamp out of range")
                 })?;
             write_labelled_json_line(out, summary.transactions, timestamp, tx)?;
+            if let Some((labels, delay)) = labels.as_mut() {
+                write_label_line(*labels, summary.transactions, timestamp, *delay, tx)?;
+            }
             summary.record(tx);
         }
     }
     out.flush()?;
+    if let Some((labels, _)) = labels.as_mut() {
+        labels.flush()?;
+    }
     Ok(summary)
 }
 

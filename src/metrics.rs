@@ -46,6 +46,8 @@ pub struct Metrics {
     pub terminals: IntGauge,
     pub terminal_labels: IntGauge,
     pub labelled_decisions: IntCounterVec,
+    pub decisions: IntCounterVec,
+    pub score: Histogram,
 }
 
 impl Metrics {
@@ -252,6 +254,22 @@ impl Metrics {
             &["decision", "label"],
         )
         .expect("valid metric");
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "fraudscore_decisions_total",
+                "Scored transactions by decision, counted when scored (a transaction re-scored after a restart counts again)",
+            ),
+            &["decision"],
+        )
+        .expect("valid metric");
+        let score = Histogram::with_opts(
+            HistogramOpts::new(
+                "fraudscore_score",
+                "The model's fraud score of each scored transaction",
+            )
+            .buckets((1..=20).map(|i| i as f64 / 20.0).collect()),
+        )
+        .expect("valid metric");
         for c in [
             Box::new(transactions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(dlq.clone()),
@@ -283,6 +301,8 @@ impl Metrics {
             Box::new(terminals.clone()),
             Box::new(terminal_labels.clone()),
             Box::new(labelled_decisions.clone()),
+            Box::new(decisions.clone()),
+            Box::new(score.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -300,6 +320,7 @@ impl Metrics {
             labels.with_label_values(&[outcome]);
         }
         for decision in ["approve", "review", "decline"] {
+            decisions.with_label_values(&[decision]);
             for label in ["fraud", "genuine"] {
                 labelled_decisions.with_label_values(&[decision, label]);
             }
@@ -339,6 +360,8 @@ impl Metrics {
             terminals,
             terminal_labels,
             labelled_decisions,
+            decisions,
+            score,
         }
     }
 

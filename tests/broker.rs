@@ -466,6 +466,24 @@ fn every_transaction_is_scored_with_the_engines_features_and_metrics_and_lookups
         input.len() as f64
     );
     assert!(service.metric("fraudscore_inference_seconds_count") >= 1.0);
+    // Decisions and the score distribution, as the outputs have them.
+    for decision in ["approve", "review", "decline"] {
+        let given = scored
+            .iter()
+            .filter(|o| json(o)["decision"] == decision)
+            .count();
+        let name = format!("fraudscore_decisions_total{{decision=\"{decision}\"}}");
+        assert_eq!(service.metric(&name), given as f64, "{decision}");
+    }
+    let below_half = scored
+        .iter()
+        .filter(|o| json(o)["score"].as_f64().unwrap() <= 0.5)
+        .count();
+    assert_eq!(
+        service.metric("fraudscore_score_bucket{le=\"0.5\"}"),
+        below_half as f64
+    );
+    assert_eq!(service.metric("fraudscore_score_count"), input.len() as f64);
     let (_, body) = service.get("/metrics");
     for name in [
         "fraudscore_event_lag_seconds_bucket",

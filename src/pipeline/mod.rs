@@ -370,6 +370,11 @@ impl Worker {
                 scored_at,
             );
             self.observe_scored(&prepared, scored_at);
+            let m = &self.shared.metrics;
+            m.decisions
+                .with_label_values(&[verdict.decision.as_str()])
+                .inc();
+            m.score.observe(verdict.score as f64);
             // Kept beside the event, for the live quality metric when its label arrives.
             let t = &prepared.transaction;
             self.shared.store.record_outcome(

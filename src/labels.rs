@@ -25,6 +25,7 @@ use crate::decode::{self, Rejection};
 use crate::engine::Decision;
 use crate::output;
 use crate::shared::Shared;
+use crate::spans;
 use crate::terminals::{LabelAdmission, Terminals};
 use crate::time::EventTime;
 
@@ -111,7 +112,8 @@ impl LabelReader<'_> {
             }
             tpl.add_partition_offset(topic, p, Offset::Beginning)?;
         }
-        let dead_lettered = committed(&consumer, topic, &partitions)?;
+        // Per partition, the offset below which bad labels were dead-lettered already.
+        let dead_lettered = spans::committed(&consumer, topic, &partitions)?;
         consumer.assign(&tpl)?;
         let started = Instant::now();
         info!(topic, partitions = partitions.len(), "reading labels");
@@ -302,27 +304,6 @@ fn topic_partitions(consumer: &BaseConsumer, topic: &str) -> Option<Vec<i32>> {
         return None;
     }
     Some(t.partitions().iter().map(|p| p.id()).collect())
-}
-
-/// Per partition, the offset below which bad labels were dead-lettered already.
-fn committed(
-    consumer: &BaseConsumer,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<HashMap<i32, i64>, KafkaError> {
-    let mut tpl = TopicPartitionList::new();
-    for &p in partitions {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(tpl, METADATA_TIMEOUT)?;
-    Ok(committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect())
 }
 
 /// Sleeps up to `limit`; true if `stop` was set meanwhile.

@@ -1,11 +1,11 @@
 //! Reading stretches of a topic's partitions by assignment, outside any consumer group: what a
-//! state restore and an audit replay.
+//! state restore and an audit replay; and a group's committed offsets, where such a read ends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -41,6 +41,27 @@ pub fn reader(config: &Config, role: &str) -> Result<BaseConsumer, KafkaError> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .create()
+}
+
+/// The consumer group's committed offsets of these partitions; absent where none is committed.
+pub fn committed<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<i32, i64>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Calls `each` on every message of the spans, in offset order within each partition, until all

@@ -7,14 +7,12 @@
 //! snapshot copied after some of those messages skip them. Scoring then carries on exactly as an
 //! uninterrupted run would have.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use super::clients::GroupContext;
@@ -54,7 +52,7 @@ pub fn restore(
     if assigned.is_empty() {
         return Ok(Vec::new());
     }
-    let committed = committed_offsets(consumer, topic, assigned)?;
+    let committed = spans::committed(consumer, topic, assigned)?;
 
     let (mut plans, mut resumed) = (Vec::new(), Vec::new());
     let (mut applied, mut loaded) = (std::collections::HashMap::new(), 0u64);
@@ -216,27 +214,6 @@ fn rebuild(
         "input replayed into the window state"
     );
     Ok(())
-}
-
-/// The group's committed offsets of these partitions; absent where none is committed.
-fn committed_offsets(
-    consumer: &BaseConsumer<GroupContext>,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<HashMap<i32, i64>, KafkaError> {
-    let mut tpl = TopicPartitionList::new();
-    for &p in partitions {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(tpl, METADATA_TIMEOUT)?;
-    Ok(committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect())
 }
 
 /// Where the consumer starts a partition with no committed offset (librdkafka's default: latest).

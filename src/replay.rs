@@ -127,16 +127,14 @@ impl LabelFeed {
         mut rejected: impl Write,
     ) -> Result<LabelFeed, ReplayError> {
         let (mut labels, mut bad) = (Vec::new(), 0);
+        let skew = EngineConfig::default().max_future_skew;
         for (i, line) in input.split(b'\n').enumerate() {
             let mut line = line?;
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
             let label = decode::decode_label(&line, fraudscore_contract::DEFAULT_MAX_MESSAGE_BYTES)
-                .and_then(|l| {
-                    let skew = EngineConfig::default().max_future_skew;
-                    decode::label_in_time(&l, skew).map(|()| l)
-                });
+                .and_then(|l| decode::label_in_time(&l, skew).map(|()| l));
             match label {
                 Ok(label) => labels.push(label),
                 Err(rejection) => {

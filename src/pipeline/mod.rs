@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::decode::Rejection;
-use crate::engine::{Engine, Prepared, Scorer};
+use crate::engine::{Engine, Prepared, Scorer, Verdict};
 use crate::model::ModelError;
 use crate::output;
 use crate::shared::Shared;
@@ -369,20 +369,7 @@ impl Worker {
                 Some((verdict, self.scorer.model().version())),
                 scored_at,
             );
-            self.observe_scored(&prepared, scored_at);
-            let m = &self.shared.metrics;
-            m.decisions
-                .with_label_values(&[verdict.decision.as_str()])
-                .inc();
-            m.score.observe(verdict.score as f64);
-            // Kept beside the event, for the live quality metric when its label arrives.
-            let t = &prepared.transaction;
-            self.shared.store.record_outcome(
-                &t.customer_id,
-                t.timestamp,
-                prepared.id_hash,
-                verdict.decision.code(),
-            );
+            self.observe_scored(&prepared, verdict, scored_at);
             let record = Record {
                 topic: &self.config.kafka.output_topic,
                 key: Some(prepared.transaction.customer_id.as_str().as_bytes()),
@@ -407,13 +394,25 @@ impl Worker {
         result
     }
 
-    fn observe_scored(&self, prepared: &Prepared, scored_at: EventTime) {
+    fn observe_scored(&self, prepared: &Prepared, verdict: Verdict, scored_at: EventTime) {
         let m = &self.shared.metrics;
-        let lag_ms = scored_at.millis() - prepared.transaction.timestamp.millis();
+        let t = &prepared.transaction;
+        let lag_ms = scored_at.millis() - t.timestamp.millis();
         m.event_lag_seconds.observe(lag_ms.max(0) as f64 / 1000.0);
         if prepared.duplicate {
             m.duplicates.inc();
         }
+        m.decisions
+            .with_label_values(&[verdict.decision.as_str()])
+            .inc();
+        m.score.observe(verdict.score as f64);
+        // Kept beside the event, for the live quality metric when its label arrives.
+        self.shared.store.record_outcome(
+            &t.customer_id,
+            t.timestamp,
+            prepared.id_hash,
+            verdict.decision.code(),
+        );
     }
 
     /// Sends one output. A record the producer can never take as it is goes to the dead-letter

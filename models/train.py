@@ -97,6 +97,17 @@ TOP_K = 100
 # differences below it are within the fold-to-fold noise.
 SELECTION_MARGIN = 0.005
 ONNX_OPSET = 15
+# Decision thresholds are chosen on the week after the shipped model's training (never trained on,
+# before the test week) for these targets, then measured on the test week:
+THRESHOLD_WEEK = ("2018-08-01", "2018-08-08")  # [start, end)
+# review: the 1% highest-scored transactions, a review team's capacity of 1 in 100. (0.5% would be
+# below the simulation's fraud rate, 0.9%, where this model is already 90% precise: the review band
+# would sit above the decline threshold and be empty.)
+REVIEW_ALERT_RATE = 0.01
+DECLINE_PRECISION = 0.90  # decline: the lowest threshold at which 90% of the declined are frauds
+# ...counting only thresholds with at least this many declines: a precision over a handful of
+# transactions is noise.
+DECLINE_MIN_ALERTS = 20
 
 
 def sha256_file(path):
@@ -352,7 +363,87 @@ def onnx_scores(onx, features):
     return session.run(["probabilities"], {"features": np.ascontiguousarray(features, dtype=np.float32)})[0][:, 1]
 
 
-def add_metadata(onx, names, training_sha, metrics):
+def cut_points(scores, y):
+    """Every distinct score as a threshold (highest first), with the transactions at or above it
+    and the frauds among them: (thresholds, alerts, frauds)."""
+    order = np.argsort(-scores, kind="stable")
+    s, hits = scores[order], y[order]
+    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # last index of each run of equal scores
+    return s[last], last + 1, np.cumsum(hits)[last]
+
+
+def at_threshold(scores, y, threshold):
+    """Alert rate, precision and recall of flagging score >= threshold."""
+    flagged = scores >= threshold
+    alerts, frauds = int(flagged.sum()), int(y[flagged].sum())
+    return {
+        "alert_rate": round(alerts / len(y), 5),
+        "precision": round(frauds / alerts, 4) if alerts else None,
+        "recall": round(frauds / int(y.sum()), 4),
+        "alerts": alerts,
+    }
+
+
+def choose_thresholds(scores, y):
+    """The review and decline thresholds for the targets above, from one week's ONNX scores.
+
+    Review: the lowest threshold flagging at most REVIEW_ALERT_RATE of the transactions.
+    Decline: the lowest threshold (so the most frauds caught) whose precision is at least
+    DECLINE_PRECISION, among those with DECLINE_MIN_ALERTS declines or more. Review is capped at
+    decline, so that every decline is also above the review threshold."""
+    thresholds, alerts, frauds = cut_points(scores, y)
+    within = alerts <= REVIEW_ALERT_RATE * len(y)
+    review = float(thresholds[within][-1])
+    precise = (frauds >= DECLINE_PRECISION * alerts) & (alerts >= DECLINE_MIN_ALERTS)
+    if not precise.any():
+        raise RuntimeError(f"no threshold reaches a precision of {DECLINE_PRECISION} on the threshold week")
+    decline = float(thresholds[np.flatnonzero(precise)[-1]])
+    return min(review, decline), decline
+
+
+def threshold_report(scores, y, test_scores, test_y):
+    """The chosen thresholds with what each gives on the threshold week and on the test week,
+    as stored in the model's metadata (`fraudscore.thresholds`)."""
+    review, decline = choose_thresholds(scores, y)
+    return {
+        "chosen_on": f"{THRESHOLD_WEEK[0]}..{THRESHOLD_WEEK[1]} (end excluded), every transaction",
+        "review": {"threshold": review, "target": f"alert rate {REVIEW_ALERT_RATE:.1%}",
+                   "chosen_week": at_threshold(scores, y, review), "test_week": at_threshold(test_scores, test_y, review)},
+        "decline": {"threshold": decline, "target": f"precision {DECLINE_PRECISION:.0%}",
+                    "chosen_week": at_threshold(scores, y, decline), "test_week": at_threshold(test_scores, test_y, decline)},
+    }
+
+
+def plot_thresholds(scores, y, chosen, path):
+    """Precision, recall and alert rate against the threshold on the threshold week, with the two
+    chosen points: the trade-off a fraud team moves along when it overrides the thresholds."""
+    import matplotlib
+    matplotlib.use("svg")
+    import matplotlib.pyplot as plt
+    plt.rcParams["svg.hashsalt"] = "fraudscore"  # stable ids: the same data gives the same bytes
+
+    thresholds, alerts, frauds = cut_points(scores, y)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(thresholds, frauds / alerts, label="precision")
+    left.plot(thresholds, frauds / y.sum(), label="recall")
+    left.plot(thresholds, alerts / len(y) * 10, label="alert rate × 10")
+    right.plot(frauds / y.sum(), frauds / alerts)
+    for name, style in (("review", "o"), ("decline", "s")):
+        t = chosen[name]["threshold"]
+        m = chosen[name]["chosen_week"]
+        left.axvline(t, color="grey", linestyle=":")
+        left.annotate(f"{name} {t:.3f}", (t, 1.02), ha="center", fontsize=8)
+        right.plot(m["recall"], m["precision"], style, label=f"{name} {t:.3f}: precision {m['precision']:.2f}, recall {m['recall']:.2f}")
+    left.set(xlabel="threshold (score >=)", ylim=(0, 1.08), title=f"threshold week {THRESHOLD_WEEK[0]}..")
+    right.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="precision against recall")
+    left.legend(loc="center right", fontsize=8)
+    right.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Date": None})
+    plt.close(fig)
+
+
+def add_metadata(onx, names, training_sha, metrics, thresholds):
     """Writes the fraudscore.* metadata properties the engine and the reports read."""
     fingerprint = hashlib.sha256(
         json.dumps({"data": training_sha, "features": names, "params": LGBM_PARAMS, "train": SHIPPED_TRAIN}, sort_keys=True).encode()
@@ -363,6 +454,7 @@ def add_metadata(onx, names, training_sha, metrics):
         "fraudscore.model_version": version,
         "fraudscore.training_data_sha256": training_sha,
         "fraudscore.metrics": json.dumps(metrics, sort_keys=True),
+        "fraudscore.thresholds": json.dumps(thresholds, sort_keys=True),
     }
     del onx.metadata_props[:]
     for key, value in props.items():
@@ -378,6 +470,7 @@ def main():
     parser.add_argument("--features", help="engine replay output for that file (JSON lines)")
     parser.add_argument("--output", default="models/fraud.onnx")
     parser.add_argument("--report", default="models/report.json")
+    parser.add_argument("--plot", default="models/thresholds.svg")
     args = parser.parse_args()
 
     all_names = list(dict.fromkeys(n for names in CANDIDATE_SETS.values() for n in names))
@@ -411,7 +504,16 @@ def main():
         "shipped": {"train": f"{SHIPPED_TRAIN[0]}..{SHIPPED_TRAIN[1]} (end excluded)",
                     "train_transactions": int(shipped_train.sum()), **shipped},
     }
-    version = add_metadata(onx, names, training_sha, metrics)
+    week = (day >= day_index(THRESHOLD_WEEK[0])) & (day < day_index(THRESHOLD_WEEK[1]))
+    test_week = (day >= day_index(PROTOCOL["train_start"]) + PROTOCOL["delta_train"] + PROTOCOL["delta_delay"]) & (
+        day < day_index(PROTOCOL["train_start"]) + PROTOCOL["delta_train"] + PROTOCOL["delta_delay"] + PROTOCOL["delta_test"])
+    week_scores = onnx_scores(onx, data.loc[week, names].to_numpy())
+    week_y = data.loc[week, "is_fraud"].to_numpy()
+    thresholds = threshold_report(week_scores, week_y, onnx_scores(onx, data.loc[test_week, names].to_numpy()),
+                                  data.loc[test_week, "is_fraud"].to_numpy())
+    print(f"thresholds: {thresholds}")
+    plot_thresholds(week_scores, week_y, thresholds, args.plot)
+    version = add_metadata(onx, names, training_sha, metrics, thresholds)
     onnx.checker.check_model(onx, full_check=True)
     onnx.save(onx, args.output)
 
@@ -423,6 +525,7 @@ def main():
         "lgbm_params": LGBM_PARAMS,
         "validation": {"train_starts": validation_start_dates(), "sets": comparison},
         **metrics,
+        "thresholds": thresholds,
     }
     with open(args.report, "w") as f:
         json.dump(report, f, indent=2, default=list)

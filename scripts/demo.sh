@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo: fetches ONNX Runtime if needed, builds, and runs the whole pipeline on an embedded
-# mock Kafka cluster under a modest load. Extra arguments go to `fraudscore demo` (see --help).
+# mock Kafka cluster, fed by the fraud simulator (history, then accelerated live days with labels). Extra arguments go to `fraudscore demo` (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::engine::{EngineConfig, Thresholds};
+use crate::engine::{EngineConfig, ThresholdOverrides, Thresholds};
 
 pub const ENV_PREFIX: &str = "FRAUDSCORE__";
 const PROPERTY_TABLES: [&str; 3] = ["common", "consumer", "producer"];
@@ -122,15 +122,16 @@ pub struct ModelConfig {
     pub max_batch: usize,
     #[serde(default, deserialize_with = "duration")]
     pub max_wait: Duration,
-    #[serde(default = "default_review")]
-    pub review_threshold: f32,
-    #[serde(default = "default_decline")]
-    pub decline_threshold: f32,
+    /// Unset: the model's own (chosen on data when it was built).
+    #[serde(default)]
+    pub review_threshold: Option<f32>,
+    #[serde(default)]
+    pub decline_threshold: Option<f32>,
 }
 
 impl ModelConfig {
-    pub fn thresholds(&self) -> Thresholds {
-        Thresholds {
+    pub fn thresholds(&self) -> ThresholdOverrides {
+        ThresholdOverrides {
             review: self.review_threshold,
             decline: self.decline_threshold,
         }
@@ -319,12 +320,6 @@ fn one() -> usize {
 fn default_max_batch() -> usize {
     64
 }
-fn default_review() -> f32 {
-    Thresholds::default().review
-}
-fn default_decline() -> f32 {
-    Thresholds::default().decline
-}
 fn default_lateness() -> Duration {
     EngineConfig::default().allowed_lateness
 }
@@ -426,13 +421,11 @@ impl Config {
         if m.max_batch == 0 {
             return Err("model.max_batch must be at least 1".into());
         }
-        if !(0.0..=1.0).contains(&m.review_threshold)
-            || !(0.0..=1.0).contains(&m.decline_threshold)
-            || m.review_threshold > m.decline_threshold
-        {
+        // Against the model's own thresholds the pair is checked again once the model is loaded.
+        let (review, decline) = (m.review_threshold, m.decline_threshold);
+        if let Err(e) = Thresholds::new(review.unwrap_or(0.0), decline.unwrap_or(1.0)) {
             return Err(format!(
-                "model.review_threshold ({}) and model.decline_threshold ({}) must satisfy 0 <= review <= decline <= 1",
-                m.review_threshold, m.decline_threshold
+                "model.review_threshold, model.decline_threshold: {e}"
             ));
         }
         Ok(())
@@ -530,6 +523,32 @@ mod tests {
             c.kafka.common["security.protocol"],
             PropertyValue("SASL_SSL".into())
         );
+    }
+
+    #[test]
+    fn thresholds_are_the_models_unless_set_and_are_checked_when_set() {
+        let c = Config::parse(&shipped(), "fraudscore.toml", []).unwrap();
+        assert_eq!(c.model.thresholds(), ThresholdOverrides::default());
+        let set = |pairs: &[(&str, &str)]| Config::parse(&shipped(), "f.toml", env(pairs));
+        let c = set(&[("FRAUDSCORE__MODEL__DECLINE_THRESHOLD", "0.8")]).unwrap();
+        assert_eq!(
+            c.model.thresholds(),
+            ThresholdOverrides {
+                review: None,
+                decline: Some(0.8)
+            }
+        );
+        for bad in [
+            &[("FRAUDSCORE__MODEL__REVIEW_THRESHOLD", "1.5")][..],
+            &[("FRAUDSCORE__MODEL__DECLINE_THRESHOLD", "-0.1")],
+            &[
+                ("FRAUDSCORE__MODEL__REVIEW_THRESHOLD", "0.9"),
+                ("FRAUDSCORE__MODEL__DECLINE_THRESHOLD", "0.5"),
+            ],
+        ] {
+            let e = set(bad).unwrap_err();
+            assert!(e.to_string().contains("threshold"), "{e}");
+        }
     }
 
     #[test]

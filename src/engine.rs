@@ -289,7 +289,42 @@ impl Default for Thresholds {
     }
 }
 
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("review threshold {review} and decline threshold {decline} must satisfy 0 <= review <= decline <= 1")]
+pub struct ThresholdError {
+    pub review: f32,
+    pub decline: f32,
+}
+
+/// Thresholds a user set (config or command line), each optional: what is unset comes from the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ThresholdOverrides {
+    pub review: Option<f32>,
+    pub decline: Option<f32>,
+}
+
 impl Thresholds {
+    pub fn new(review: f32, decline: f32) -> Result<Thresholds, ThresholdError> {
+        if (0.0..=1.0).contains(&review) && (0.0..=1.0).contains(&decline) && review <= decline {
+            Ok(Thresholds { review, decline })
+        } else {
+            Err(ThresholdError { review, decline })
+        }
+    }
+
+    /// Each threshold from the overrides if set, else from the model (chosen on data when it was
+    /// built), else the default.
+    pub fn resolve(
+        model: Option<Thresholds>,
+        overrides: ThresholdOverrides,
+    ) -> Result<Thresholds, ThresholdError> {
+        let base = model.unwrap_or_default();
+        Thresholds::new(
+            overrides.review.unwrap_or(base.review),
+            overrides.decline.unwrap_or(base.decline),
+        )
+    }
+
     pub fn decide(&self, score: f32) -> Decision {
         if score >= self.decline {
             Decision::Decline
@@ -326,6 +361,10 @@ impl Scorer {
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    pub fn thresholds(&self) -> Thresholds {
+        self.thresholds
     }
 
     /// One inference call for the whole batch.
@@ -421,6 +460,38 @@ mod tests {
         assert_eq!(t.decide(0.3), Decision::Review);
         assert_eq!(t.decide(0.79), Decision::Review);
         assert_eq!(t.decide(0.8), Decision::Decline);
+    }
+
+    #[test]
+    fn thresholds_come_from_the_overrides_then_the_model_then_the_default() {
+        let declared = Thresholds::new(0.2, 0.7).unwrap();
+        let model = Some(declared);
+        let none = ThresholdOverrides::default();
+        assert_eq!(Thresholds::resolve(model, none), Ok(declared));
+        assert_eq!(Thresholds::resolve(None, none), Ok(Thresholds::default()));
+        let review = ThresholdOverrides {
+            review: Some(0.4),
+            decline: None,
+        };
+        assert_eq!(
+            Thresholds::resolve(model, review),
+            Thresholds::new(0.4, 0.7)
+        );
+        // An override that crosses the model's other threshold is refused, not reordered.
+        let high = ThresholdOverrides {
+            review: Some(0.8),
+            decline: None,
+        };
+        assert_eq!(
+            Thresholds::resolve(model, high),
+            Err(ThresholdError {
+                review: 0.8,
+                decline: 0.7
+            })
+        );
+        assert!(Thresholds::new(-0.1, 0.5).is_err());
+        assert!(Thresholds::new(0.5, 1.5).is_err());
+        assert!(Thresholds::new(f32::NAN, 0.5).is_err());
     }
 
     fn now_ms() -> i64 {

@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 use fraudscore::audit::AuditOptions;
 use fraudscore::config::{Config, LogFormat};
 use fraudscore::demo::DemoOptions;
-use fraudscore::engine::Thresholds;
+use fraudscore::engine::ThresholdOverrides;
 use fraudscore::replay::ReplayOptions;
 use fraudscore::service::Service;
 
@@ -66,17 +66,25 @@ struct RunArgs {
 
 #[derive(Args)]
 struct DemoArgs {
-    /// Transactions per second.
-    #[arg(long, default_value_t = 200)]
-    rate: u32,
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    /// Simulated days sent at full speed before the live ones, so that the 30-day windows and
+    /// the terminals' delayed label windows are full.
+    #[arg(long, default_value_t = 38)]
+    history_days: u32,
+    /// Simulated days played live, accelerated to fit `--duration`.
+    #[arg(long, default_value_t = 7)]
+    live_days: u32,
+    /// Real time over which the live days are played.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: std::time::Duration,
-    /// Simulated customers.
+    /// Simulated customers (and twice as many terminals).
     #[arg(long, default_value_t = 2000)]
     customers: u32,
-    /// Share of malformed messages, for the dead-letter path.
+    /// Share of malformed live messages, for the dead-letter path.
     #[arg(long, default_value_t = 0.01)]
     bad_ratio: f64,
+    /// Simulated time from a transaction to its fraud label (the handbook's 7 days).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    label_delay: std::time::Duration,
     #[arg(long, default_value = "models/fraud.onnx")]
     model: PathBuf,
     #[arg(long, default_value_t = 1)]
@@ -114,10 +122,12 @@ struct ReplayArgs {
     /// Events older than a customer's newest minus the longest window minus this are rejected as too late.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     allowed_lateness: std::time::Duration,
-    #[arg(long, default_value_t = 0.5)]
-    review_threshold: f32,
-    #[arg(long, default_value_t = 0.9)]
-    decline_threshold: f32,
+    /// Overrides the model's review threshold (chosen on data when it was built).
+    #[arg(long)]
+    review_threshold: Option<f32>,
+    /// Overrides the model's decline threshold.
+    #[arg(long)]
+    decline_threshold: Option<f32>,
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -193,10 +203,12 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         LogFormat::Text,
     );
     let opts = DemoOptions {
-        rate: args.rate,
+        history_days: args.history_days,
+        live_days: args.live_days,
         duration: args.duration,
         customers: args.customers,
         bad_ratio: args.bad_ratio,
+        label_delay: args.label_delay,
         model: args.model,
         seed: args.seed,
     };
@@ -214,7 +226,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         dlq: args.dlq,
         max_batch: args.max_batch,
         allowed_lateness: args.allowed_lateness,
-        thresholds: Thresholds {
+        thresholds: ThresholdOverrides {
             review: args.review_threshold,
             decline: args.decline_threshold,
         },

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub rebalances: IntCounter,
     pub model_info: IntGaugeVec,
+    pub decision_threshold: prometheus::GaugeVec,
     pub produce_retries: IntCounter,
     pub duplicates: IntCounter,
     pub commit_failures: IntCounter,
@@ -246,6 +247,14 @@ impl Metrics {
             "Labels held for the terminal features",
         )
         .expect("valid metric");
+        let decision_threshold = prometheus::GaugeVec::new(
+            Opts::new(
+                "fraudscore_decision_threshold",
+                "The score from which a transaction is reviewed or declined, by decision",
+            ),
+            &["decision"],
+        )
+        .expect("valid metric");
         let labelled_decisions = IntCounterVec::new(
             Opts::new(
                 "fraudscore_labelled_decisions_total",
@@ -282,6 +291,7 @@ impl Metrics {
             Box::new(consumer_lag.clone()),
             Box::new(rebalances.clone()),
             Box::new(model_info.clone()),
+            Box::new(decision_threshold.clone()),
             Box::new(produce_retries.clone()),
             Box::new(duplicates.clone()),
             Box::new(commit_failures.clone()),
@@ -341,6 +351,7 @@ impl Metrics {
             consumer_lag,
             rebalances,
             model_info,
+            decision_threshold,
             produce_retries,
             duplicates,
             commit_failures,

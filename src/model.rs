@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use ort::session::Session;
 use ort::value::{TensorRef, ValueType};
 
+use crate::engine::Thresholds;
 use crate::features::{FeatureError, FeatureSpec};
 
 /// The ONNX Runtime build this service is tested with, from the PyPI wheel `onnxruntime==1.31.1`.
@@ -17,6 +18,8 @@ pub const RUNTIME_ENV: &str = "FRAUDSCORE_ONNXRUNTIME";
 
 pub const META_FEATURES: &str = "fraudscore.features";
 pub const META_VERSION: &str = "fraudscore.model_version";
+/// `{"review": {"threshold": r, ...}, "decline": {"threshold": d, ...}}`, chosen on data by the model build.
+pub const META_THRESHOLDS: &str = "fraudscore.thresholds";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -33,12 +36,30 @@ pub enum ModelError {
     NoFeatureList { path: PathBuf },
     #[error("model {path}: `{META_FEATURES}` is not a JSON array of names: {message}")]
     BadFeatureList { path: PathBuf, message: String },
+    #[error("model {path}: metadata property `{META_THRESHOLDS}` is not {{\"review\": {{\"threshold\": r}}, \"decline\": {{\"threshold\": d}}}} with 0 <= r <= d <= 1: {message}")]
+    BadThresholds { path: PathBuf, message: String },
     #[error("model {path}: {source}")]
     Feature { path: PathBuf, source: FeatureError },
     #[error("model {path}: {message}")]
     Shape { path: PathBuf, message: String },
     #[error("inference failed: {0}")]
     Inference(String),
+}
+
+/// The thresholds of `fraudscore.thresholds`; the build's other fields (targets, precision,
+/// recall) are for people and are not read.
+fn parse_thresholds(json: &str) -> Result<Thresholds, String> {
+    #[derive(serde::Deserialize)]
+    struct Point {
+        threshold: f32,
+    }
+    #[derive(serde::Deserialize)]
+    struct Declared {
+        review: Point,
+        decline: Point,
+    }
+    let d: Declared = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    Thresholds::new(d.review.threshold, d.decline.threshold).map_err(|e| e.to_string())
 }
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
@@ -99,6 +120,7 @@ pub struct Model {
     session: Session,
     spec: FeatureSpec,
     version: String,
+    thresholds: Option<Thresholds>,
     /// Column of the fraud class in the probability output, or None when the output is one score per row.
     fraud_column: Option<usize>,
     row: Vec<f32>,
@@ -108,6 +130,7 @@ impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
             .field("version", &self.version)
+            .field("thresholds", &self.thresholds)
             .field("features", &self.spec.names())
             .finish()
     }
@@ -148,6 +171,14 @@ impl Model {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let version = metadata.custom(META_VERSION).unwrap_or(file_stem);
+        let thresholds = metadata
+            .custom(META_THRESHOLDS)
+            .map(|json| parse_thresholds(&json))
+            .transpose()
+            .map_err(|message| ModelError::BadThresholds {
+                path: path.to_path_buf(),
+                message,
+            })?;
         drop(metadata);
 
         let shape_err = |message: String| ModelError::Shape {
@@ -200,9 +231,15 @@ impl Model {
             session,
             spec,
             version,
+            thresholds,
             fraud_column,
             row: Vec::new(),
         })
+    }
+
+    /// The review and decline thresholds the model was built with, if it declares them.
+    pub fn thresholds(&self) -> Option<Thresholds> {
+        self.thresholds
     }
 
     pub fn spec(&self) -> &FeatureSpec {
@@ -255,5 +292,25 @@ impl Model {
         let r = self.score(&row, scores);
         self.row = row;
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_thresholds_are_read_and_checked() {
+        let json = r#"{"review": {"threshold": 0.25, "precision": 0.7}, "decline": {"threshold": 0.75}, "chosen_on": "..."}"#;
+        assert_eq!(
+            parse_thresholds(json),
+            Thresholds::new(0.25, 0.75).map_err(|e| e.to_string())
+        );
+        assert!(parse_thresholds(
+            r#"{"review": {"threshold": 0.8}, "decline": {"threshold": 0.7}}"#
+        )
+        .is_err());
+        assert!(parse_thresholds(r#"{"review": {"threshold": 0.2}}"#).is_err());
+        assert!(parse_thresholds("[]").is_err());
     }
 }

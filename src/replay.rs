@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decode::{self, Label};
-use crate::engine::{Engine, EngineConfig, Prepared, Scorer, Thresholds, Verdict};
+use crate::engine::{
+    Engine, EngineConfig, Prepared, Scorer, ThresholdError, ThresholdOverrides, Thresholds, Verdict,
+};
 use crate::features::{FeatureError, FeatureSpec};
 use crate::model::{Model, ModelError};
 use crate::output;
@@ -28,6 +30,10 @@ pub enum ReplayError {
     },
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(
+        "decision thresholds (--review-threshold, --decline-threshold over the model's own): {0}"
+    )]
+    Thresholds(#[from] ThresholdError),
     #[error(transparent)]
     Feature(#[from] FeatureError),
     #[error("--max-batch must be at least 1")]
@@ -47,7 +53,8 @@ pub struct ReplayOptions {
     pub dlq: PathBuf,
     pub max_batch: usize,
     pub allowed_lateness: Duration,
-    pub thresholds: Thresholds,
+    /// Unset: the model's own.
+    pub thresholds: ThresholdOverrides,
 }
 
 /// Builds the engine (and scorer) the options ask for and replays the input file.
@@ -56,7 +63,11 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         return Err(ReplayError::ZeroBatch);
     }
     let mut scorer = match &opts.model {
-        Some(path) => Some(Scorer::new(Model::load(path, 1)?, opts.thresholds)),
+        Some(path) => {
+            let model = Model::load(path, 1)?;
+            let thresholds = Thresholds::resolve(model.thresholds(), opts.thresholds)?;
+            Some(Scorer::new(model, thresholds))
+        }
         None => None,
     };
     let spec = match &scorer {

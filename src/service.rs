@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info};
 
 use crate::config::Config;
-use crate::engine::Scorer;
+use crate::engine::{Scorer, ThresholdError, Thresholds};
 use crate::metrics::Metrics;
 use crate::model::{Model, ModelError};
 use crate::pipeline::{Pipeline, PipelineError};
@@ -23,6 +23,8 @@ use crate::terminals::Terminals;
 pub enum StartError {
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("decision thresholds (config model.*_threshold over the model's own): {0}")]
+    Thresholds(#[from] ThresholdError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error("HTTP listener on {addr}: {source}")]
@@ -50,6 +52,8 @@ pub struct Service {
     /// Set by `stop` (or on drop); read by the pipeline and evictor threads.
     stop: StopOnDrop,
     pipeline: JoinHandle<Result<(), PipelineError>>,
+    /// The labels reader, when the model takes terminal features; it ends with `stop`.
+    labels: Option<JoinHandle<()>>,
     /// Resolves when the pipeline thread ends, however it ends (a drop guard sends it).
     pipeline_ended: oneshot::Receiver<()>,
     /// Set to true to stop every HTTP listener.
@@ -57,6 +61,7 @@ pub struct Service {
     runtime: tokio::runtime::Runtime,
     shared: Arc<Shared>,
     http_addr: SocketAddr,
+    thresholds: Thresholds,
 }
 
 /// Dropped when the pipeline thread ends, by return or by panic.
@@ -74,14 +79,18 @@ impl Service {
     /// Loads the model, binds the HTTP listener, connects to Kafka and starts consuming.
     pub fn start(config: Config) -> Result<Service, StartError> {
         let model = Model::load(&config.model.path, config.model.intra_threads)?;
+        let thresholds = Thresholds::resolve(model.thresholds(), config.model.thresholds())?;
         info!(
             model = %config.model.path.display(),
             version = model.version(),
             features = ?model.spec().names(),
+            review = thresholds.review,
+            decline = thresholds.decline,
+            from_model = ?model.thresholds(),
             "model loaded"
         );
         let spec = Arc::new(model.spec().clone());
-        let scorer = Scorer::new(model, config.model.thresholds());
+        let scorer = Scorer::new(model, thresholds);
         let store = if config.state.snapshots() {
             Store::with_seed(crate::snapshot::state_seed(&config.state.dir)?)
         } else {
@@ -115,12 +124,18 @@ impl Service {
         // Started with the clients made, so that a failed start leaves no thread behind.
         let labels = (!spec.terminal_windows().is_empty()).then(|| config.clone());
         let pipeline = Pipeline::new(config, scorer, shared.clone())?;
-        match labels {
-            Some(config) => {
-                crate::labels::spawn(&config, shared.clone(), terminals, stop.clone())?;
+        let labels = match labels {
+            Some(config) => Some(crate::labels::spawn(
+                &config,
+                shared.clone(),
+                terminals,
+                stop.clone(),
+            )?),
+            None => {
+                info!("the model takes no terminal features: labels are not read");
+                None
             }
-            None => info!("the model takes no terminal features: labels are not read"),
-        }
+        };
         info!(%brokers, "consuming");
         let stop_flag = stop.clone();
         let (ended_tx, pipeline_ended) = oneshot::channel();
@@ -145,12 +160,19 @@ impl Service {
         Ok(Service {
             stop: StopOnDrop(stop),
             pipeline,
+            labels,
             pipeline_ended,
             http_stop,
             runtime,
             shared,
             http_addr,
+            thresholds,
         })
+    }
+
+    /// The decision thresholds in use (the config's over the model's).
+    pub fn thresholds(&self) -> Thresholds {
+        self.thresholds
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -185,6 +207,10 @@ impl Service {
     pub fn stop(self) -> Result<(), ServiceError> {
         self.stop.0.store(true, Ordering::Relaxed);
         let result = join(self.pipeline);
+        // Its Kafka consumer is closed before the caller goes on (and, say, drops the cluster).
+        if let Some(labels) = self.labels {
+            let _ = labels.join();
+        }
         let _ = self.http_stop.send(true);
         self.runtime.shutdown_timeout(Duration::from_secs(1));
         result

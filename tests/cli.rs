@@ -1,7 +1,12 @@
-//! The command line as users meet it: configuration errors stop the start with exit code 2, and
-//! `replay` writes its two files.
+//! The command line as users meet it: configuration errors stop the start with exit code 2,
+//! `replay` writes its two files and decides with the model's thresholds, and the demo catches fraud.
 
+use std::path::Path;
 use std::process::Command;
+
+use fraudscore::engine::Thresholds;
+use fraudscore::model::Model;
+use fraudscore_contract::RejectReason;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fraudscore");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -51,6 +56,92 @@ fn replay_writes_scored_and_rejected_lines() {
         (dlq["line"].as_u64(), dlq["reason"].as_str()),
         (Some(2), Some("invalid_field"))
     );
+}
+
+/// The model build chose the thresholds on data; replay, like the service, decides with them
+/// unless told otherwise.
+#[test]
+fn decisions_use_the_models_thresholds_unless_overridden() {
+    let model = format!("{ROOT}/models/fraud.onnx");
+    let declared = Model::load(Path::new(&model), 1)
+        .unwrap()
+        .thresholds()
+        .expect("the shipped model declares its thresholds");
+    assert!(declared.review > 0.0 && declared.review < declared.decline && declared.decline < 1.0);
+    // Amounts up to well past the scenario 1 line (220): scores on both sides of the thresholds.
+    let input: String = (0..40)
+        .map(|i| {
+            format!(
+                "{{\"transaction_id\":\"t{i}\",\"customer_id\":\"c{}\",\"amount\":{},\"timestamp\":\"2026-11-26T03:{:02}:00Z\"}}\n",
+                i % 4,
+                10 + i * 15,
+                i
+            )
+        })
+        .collect();
+    let decisions = |args: &[&str], thresholds: Thresholds| {
+        let (scored, _) = replay(args, &input);
+        assert_eq!(scored.len(), 40);
+        scored
+            .iter()
+            .map(|v| {
+                let score = v["score"].as_f64().unwrap() as f32;
+                let decision = v["decision"].as_str().unwrap().to_string();
+                assert_eq!(decision, thresholds.decide(score).as_str(), "{v}");
+                decision
+            })
+            .collect::<Vec<_>>()
+    };
+    let by_model = decisions(&["--model", &model], declared);
+    assert!(by_model.iter().any(|d| d == "approve"), "{by_model:?}");
+    assert!(by_model.iter().any(|d| d == "decline"), "{by_model:?}");
+    let everything_reviewed = Thresholds::new(0.0, declared.decline).unwrap();
+    let overridden = decisions(
+        &["--model", &model, "--review-threshold", "0"],
+        everything_reviewed,
+    );
+    assert!(overridden.iter().all(|d| d != "approve"), "{overridden:?}");
+}
+
+/// The demo as a new user runs it, made small: history, live load with frauds, labels, and
+/// every malformed message dead-lettered with its reason.
+#[test]
+fn the_demo_catches_fraud_scores_everything_and_dead_letters_every_reason() {
+    let out = Command::new(BIN)
+        .current_dir(ROOT)
+        .args([
+            "demo",
+            "--customers",
+            "300",
+            "--live-days",
+            "2",
+            "--duration",
+            "6s",
+        ])
+        .args(["--bad-ratio", "0.05"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" dead-lettered, 0 missing"), "{stdout}");
+    for reason in RejectReason::ALL {
+        let count = stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(reason.code()))
+            .and_then(|rest| rest.trim().parse::<u64>().ok());
+        assert!(count.is_some_and(|n| n > 0), "{}: {stdout}", reason.code());
+    }
+    // "review or decline (score >= 0.062)   40 flagged  precision  70.0%  recall  80.0%"
+    let recall = stdout
+        .lines()
+        .find(|l| l.contains("review or decline (score >="))
+        .and_then(|l| l.split("recall").nth(1))
+        .and_then(|r| r.trim().trim_end_matches('%').parse::<f64>().ok());
+    assert!(recall.is_some_and(|r| r > 30.0), "{stdout}");
 }
 
 /// The hardening issue's reproduction: four transactions in the last hour, one stamped

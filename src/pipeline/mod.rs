@@ -142,6 +142,17 @@ impl Pipeline {
             .model_info
             .with_label_values(&[model.version()])
             .set(1);
+        let thresholds = scorer.thresholds();
+        for (decision, at) in [
+            ("review", thresholds.review),
+            ("decline", thresholds.decline),
+        ] {
+            shared
+                .metrics
+                .decision_threshold
+                .with_label_values(&[decision])
+                .set(f64::from(at));
+        }
         let engine_config = config.engine.engine_config(require_key);
         let engine = Engine::new(model.spec().clone(), &engine_config, shared.store.clone())
             .with_terminals(shared.terminals.clone());

@@ -118,7 +118,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
     let assigned = h.has_partitions();
     let restoring = h.is_restoring();
     let labels_loading = h.is_labels_loading();
-    let ready = model && assigned && !restoring && !labels_loading;
+    let ready = h.is_ready();
     let status = if ready {
         StatusCode::OK
     } else {

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub rebalances: IntCounter,
     pub model_info: IntGaugeVec,
+    pub ready: IntGauge,
     pub decision_threshold: prometheus::GaugeVec,
     pub produce_retries: IntCounter,
     pub duplicates: IntCounter,
@@ -247,6 +248,11 @@ impl Metrics {
             "Labels held for the terminal features",
         )
         .expect("valid metric");
+        let ready = IntGauge::new(
+            "fraudscore_ready",
+            "1 when /readyz answers 200: model loaded, partitions held, state and labels read",
+        )
+        .expect("valid metric");
         let decision_threshold = prometheus::GaugeVec::new(
             Opts::new(
                 "fraudscore_decision_threshold",
@@ -291,6 +297,7 @@ impl Metrics {
             Box::new(consumer_lag.clone()),
             Box::new(rebalances.clone()),
             Box::new(model_info.clone()),
+            Box::new(ready.clone()),
             Box::new(decision_threshold.clone()),
             Box::new(produce_retries.clone()),
             Box::new(duplicates.clone()),
@@ -351,6 +358,7 @@ impl Metrics {
             consumer_lag,
             rebalances,
             model_info,
+            ready,
             decision_threshold,
             produce_retries,
             duplicates,

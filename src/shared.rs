@@ -68,6 +68,15 @@ impl Health {
         self.labels_loading.load(Ordering::Relaxed)
     }
 
+    /// Scoring: the model is loaded, partitions are held, and neither the window state nor the
+    /// labels are still being read.
+    pub fn is_ready(&self) -> bool {
+        self.is_model_loaded()
+            && self.has_partitions()
+            && !self.is_restoring()
+            && !self.is_labels_loading()
+    }
+
     pub fn has_partitions(&self) -> bool {
         !self.partitions().is_empty()
     }
@@ -107,6 +116,7 @@ impl Shared {
     /// The Prometheus text, with the state gauges read at this moment.
     pub fn render_metrics(&self) -> String {
         let m = &self.metrics;
+        m.ready.set(i64::from(self.health.is_ready()));
         m.customers.set(self.store.customers() as i64);
         m.window_events.set(self.store.window_events());
         m.customers_full.inc_by(self.store.take_full_refusals());

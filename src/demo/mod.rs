@@ -304,11 +304,6 @@ fn start_service(brokers: &str, opts: &DemoOptions) -> Result<Service, DemoError
             "FRAUDSCORE__MODEL__PATH".to_string(),
             opts.model.display().to_string(),
         ),
-        // librdkafka's mock cluster keeps no statistics worth showing and joins groups fast.
-        (
-            "FRAUDSCORE__KAFKA__CONSUMER__STATISTICS_INTERVAL_MS".to_string(),
-            "0".to_string(),
-        ),
         // The cluster lives only as long as the demo: state saved from it would describe topics
         // that are gone.
         (

@@ -448,6 +448,7 @@ mod tests {
                 p99_ms,
                 ..LatencySummary::default()
             },
+            labels_published: 0,
             missing_sample: Vec::new(),
             elapsed_s: 10.0,
         };

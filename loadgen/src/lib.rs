@@ -4,6 +4,7 @@
 
 pub mod capacity;
 pub mod kafka;
+pub mod labels;
 pub mod matcher;
 pub mod mock_broker;
 pub mod passthrough;

@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 
 use crate::bad::{self, BadMix, Defect};
 use crate::kafka::{self, ClientSettings, LoggingContext};
+use crate::labels::{EventClock, LabelFeed};
 use crate::matcher::{Counts, Expected, Matcher, Output, Topic, Verdict};
 use crate::report::{self, LatencySummary, ReportError, SecondStats};
 use crate::schedule::{Schedule, ScheduleError};
@@ -86,6 +87,18 @@ pub struct LoadArgs {
     /// Placeholders: {brokers} {input} {scored} {dlq} {group} {run}.
     #[arg(long)]
     pub sut_cmd: Option<String>,
+    /// Also publish each good transaction's fraud label to this topic (suffix applied), once
+    /// its delay has passed in event time: the service's labels topic, e.g. fraud-labels.
+    #[arg(long)]
+    pub labels_topic: Option<String>,
+    /// Event time from a transaction to its label (the fraud handbook's 7 days).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub label_delay: Duration,
+    /// Event time runs this many times faster than the wall clock and ends with the run, so
+    /// timestamps lie in the past: 20160 plays 7 days in 30 s, enough for labels 7 days late to
+    /// show in the service's terminal features. 1: every timestamp is its send time.
+    #[arg(long, default_value_t = 1.0, value_parser = acceleration)]
+    pub time_acceleration: f64,
     /// librdkafka property for the producer and consumer, e.g. -X security.protocol=SASL_SSL.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = kafka::parse_property)]
     pub property: Vec<(String, String)>,
@@ -121,6 +134,13 @@ pub enum RunError {
     NoTraffic,
 }
 
+fn acceleration(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f.is_finite() && f >= 1.0 => Ok(f),
+        _ => Err(format!("{text:?} is not a factor of at least 1")),
+    }
+}
+
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunError {
     let what = what.into();
     move |source| RunError::Io { what, source }
@@ -132,6 +152,17 @@ pub struct Topics {
     pub input: String,
     pub scored: String,
     pub dlq: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
+}
+
+impl Topics {
+    /// Every topic the run writes or reads.
+    fn all(&self) -> Vec<&str> {
+        let mut all = vec![self.input.as_str(), self.scored.as_str(), self.dlq.as_str()];
+        all.extend(self.labels.as_deref());
+        all
+    }
 }
 
 impl LoadArgs {
@@ -140,6 +171,10 @@ impl LoadArgs {
             input: format!("{}{}", self.input_topic, self.topic_suffix),
             scored: format!("{}{}", self.scored_topic, self.topic_suffix),
             dlq: format!("{}{}", self.dlq_topic, self.topic_suffix),
+            labels: self
+                .labels_topic
+                .as_ref()
+                .map(|t| format!("{t}{}", self.topic_suffix)),
         }
     }
 
@@ -176,6 +211,8 @@ pub struct RunConfig {
     pub drain_timeout_s: f64,
     pub warmup_s: f64,
     pub linger_ms: u32,
+    pub label_delay_s: f64,
+    pub time_acceleration: f64,
     pub properties: BTreeMap<String, String>,
     pub sut_cmd: Option<String>,
 }
@@ -227,6 +264,8 @@ pub struct RunSummary {
     pub interrupted: bool,
     /// End-to-end latency, intended send time to output received (after the warm-up).
     pub latency: LatencySummary,
+    /// Labels published (with --labels-topic): those due before the run ended.
+    pub labels_published: u64,
     /// The first missing sequence numbers, to look up in the topics.
     pub missing_sample: Vec<u64>,
     pub elapsed_s: f64,
@@ -315,7 +354,7 @@ pub fn execute(args: &RunArgs, stop: &AtomicBool) -> Result<RunReport, RunError>
     if load.create_topics {
         kafka::create_topics(
             &settings,
-            &[&topics.input, &topics.scored, &topics.dlq],
+            &topics.all(),
             load.partitions,
             Duration::from_secs(30),
         )?;
@@ -356,11 +395,8 @@ pub fn execute(args: &RunArgs, stop: &AtomicBool) -> Result<RunReport, RunError>
         let _ = sut.stop(SUT_GRACE);
     }
     if load.delete_topics {
-        if let Err(error) = kafka::delete_topics(
-            &settings,
-            &[&topics.input, &topics.scored, &topics.dlq],
-            Duration::from_secs(30),
-        ) {
+        if let Err(error) = kafka::delete_topics(&settings, &topics.all(), Duration::from_secs(30))
+        {
             eprintln!("loadgen: deleting the topics: {error}");
         }
     }
@@ -382,6 +418,8 @@ pub fn execute(args: &RunArgs, stop: &AtomicBool) -> Result<RunReport, RunError>
             drain_timeout_s: load.drain_timeout.as_secs_f64(),
             warmup_s: load.warmup.as_secs_f64(),
             linger_ms: load.linger_ms,
+            label_delay_s: load.label_delay.as_secs_f64(),
+            time_acceleration: load.time_acceleration,
             properties: masked(&load.property),
             sut_cmd: load.sut_cmd.clone(),
         },
@@ -510,6 +548,20 @@ fn measure(plan: &Plan<'_>, sut: Option<&mut Sut>) -> Result<Measured, RunError>
             .map_err(io_err("starting the receiver thread"))?
     };
 
+    let clock = EventClock::new(
+        wall_start_ms,
+        schedule.offset(schedule.count().saturating_sub(1)),
+        load.time_acceleration,
+    );
+    let mut labels = match &topics.labels {
+        Some(topic) => Some(LabelFeed::new(
+            settings,
+            load.linger_ms,
+            topic,
+            load.label_delay,
+        )?),
+        None => None,
+    };
     let mix = BadMix::new(load.bad_ratio);
     let mut bad_sent_by_reason: BTreeMap<RejectReason, u64> = BTreeMap::new();
     let mut send_lag = report::latency_histogram();
@@ -532,7 +584,9 @@ fn measure(plan: &Plan<'_>, sut: Option<&mut Sut>) -> Result<Measured, RunError>
             Some(tx) => tx,
             None => stream.next_transaction().ok_or(RunError::NoTraffic)?,
         };
+        // Malformed messages keep the wall clock: "ahead of the clock" must be ahead of it.
         let epoch_millis = wall_start_ms + offset.as_millis() as i64;
+        let event_millis = clock.at(offset);
         let transaction_id = traffic::transaction_id(run_id, seq);
         let (key, label) = match mix.bad_index(seq) {
             Some(n) => {
@@ -556,7 +610,10 @@ fn measure(plan: &Plan<'_>, sut: Option<&mut Sut>) -> Result<Measured, RunError>
             }
             None => {
                 value.clear();
-                traffic::write_transaction(&mut value, &transaction_id, &tx, epoch_millis);
+                traffic::write_transaction(&mut value, &transaction_id, &tx, event_millis);
+                if let Some(labels) = labels.as_mut() {
+                    labels.push(&transaction_id, &tx, event_millis);
+                }
                 recent_customer = Some(tx.customer);
                 (
                     tx.customer.to_string().into_bytes(),
@@ -588,6 +645,12 @@ fn measure(plan: &Plan<'_>, sut: Option<&mut Sut>) -> Result<Measured, RunError>
             send_error = Some(error);
             break;
         }
+        if let Some(labels) = labels.as_mut() {
+            if let Err(error) = labels.publish_due(event_millis) {
+                send_error = Some(error);
+                break;
+            }
+        }
         last_send = Instant::now();
         send_lag.saturating_record(micros(last_send.saturating_duration_since(due)));
         sent += 1;
@@ -603,6 +666,10 @@ fn measure(plan: &Plan<'_>, sut: Option<&mut Sut>) -> Result<Measured, RunError>
     shared.sending_done.store(true, Ordering::Release);
     // Waits for acknowledgements while the receiver keeps collecting outputs.
     let flushed = producer.flush(load.drain_timeout);
+    let labels_published = match labels {
+        Some(labels) => labels.finish(load.drain_timeout)?,
+        None => 0,
+    };
     let received = receiver
         .join()
         .map_err(|_| RunError::NotReady("the receiver thread panicked".into()))??;
@@ -654,6 +721,7 @@ fn measure(plan: &Plan<'_>, sut: Option<&mut Sut>) -> Result<Measured, RunError>
         drained: received.all_arrived,
         interrupted,
         latency: LatencySummary::of(&received.histogram),
+        labels_published,
         missing_sample: matcher.missing(sent).take(20).collect(),
         elapsed_s: start.elapsed().as_secs_f64(),
     };
@@ -976,6 +1044,15 @@ pub fn print_summary(report: &RunReport, dir: &Path) {
         println!(
             "bad messages scored instead of rejected, by intended reason: {:?}",
             c.bad_scored_by_reason
+        );
+    }
+    if let Some(topic) = &report.config.topics.labels {
+        println!(
+            "labels published to {topic}: {} ({} after each transaction in event time, which ran \
+             {}x the wall clock)",
+            s.labels_published,
+            humantime::format_duration(Duration::from_secs_f64(report.config.label_delay_s)),
+            report.config.time_acceleration
         );
     }
     if !s.missing_sample.is_empty() {

@@ -186,3 +186,111 @@ fn run_starts_and_stops_the_system_under_test_itself() {
     let log = std::fs::read_to_string(report.path().join("sut.log")).expect("sut.log");
     assert!(log.contains("passthrough: stopped"), "{log}");
 }
+
+/// Every message of `topic`, from the beginning: (value as JSON, the loadgen.label header).
+fn read_topic(brokers: &str, topic: &str) -> Vec<(Value, Option<String>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = ClientSettings {
+        brokers: brokers.to_owned(),
+        properties: Vec::new(),
+    }
+    .consumer(&format!("read{}", unique_suffix("labels")))
+    .set("auto.offset.reset", "earliest")
+    .create()
+    .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let mut idle_since = std::time::Instant::now();
+    while idle_since.elapsed() < Duration::from_secs(if out.is_empty() { 30 } else { 5 }) {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        idle_since = std::time::Instant::now();
+        let label = m.headers().and_then(|h| {
+            h.iter()
+                .find(|x| x.key == "loadgen.label")
+                .and_then(|x| x.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        if let Ok(v) = serde_json::from_slice::<Value>(m.payload().unwrap_or_default()) {
+            out.push((v, label));
+        }
+    }
+    out
+}
+
+fn epoch_ms(rfc3339: &Value) -> i64 {
+    let text = rfc3339.as_str().expect("a timestamp string");
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339");
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// With --labels-topic and time acceleration, the run's event time spans hours in seconds, and
+/// each good transaction's label is published once its delay has passed in that event time.
+#[test]
+fn run_publishes_the_labels_of_what_it_sent_after_their_delay_in_event_time() {
+    let Some(brokers) = broker() else { return };
+    let suffix = unique_suffix("lb");
+    let mut topics = topics(&brokers, &suffix);
+    topics.names.push(format!("fraud-labels{suffix}"));
+    let report = tempfile::tempdir().expect("temp dir");
+    let sut = format!(
+        "exec {BIN} passthrough --brokers {{brokers}} --input-topic {{input}} \
+         --output-topic {{scored}} --group {{group}} --offset-reset earliest"
+    );
+    let status = Command::new(BIN)
+        .args(["run", "--brokers", &brokers, "--create-topics"])
+        .args(["--topic-suffix", &suffix])
+        .args(["--rate", "300", "--duration", "3s", "--bad-ratio", "0.05"])
+        .args(["--customers", "1000", "--drain-timeout", "15s"])
+        .args(["--labels-topic", "fraud-labels", "--label-delay", "1h"])
+        .args(["--time-acceleration", "3600"])
+        .args(["--sut-cmd", &sut])
+        .arg("--report")
+        .arg(report.path())
+        .status()
+        .expect("run starts");
+    assert!(status.success(), "loadgen run failed: {status}");
+    let json = read_report(report.path());
+    assert_all_came_back(&json, 900, 45);
+    let published = json["summary"]["labels_published"].as_u64().unwrap();
+
+    // The good inputs: their event times span the run's 3 s at 3600x, about 3 hours, in the past.
+    let inputs: std::collections::HashMap<String, (i64, u8)> =
+        read_topic(&brokers, &topics.names[0])
+            .into_iter()
+            .filter_map(|(v, label)| {
+                let scenario = label?.parse().ok()?;
+                Some((
+                    v["transaction_id"].as_str()?.to_owned(),
+                    (epoch_ms(&v["timestamp"]), scenario),
+                ))
+            })
+            .collect();
+    assert_eq!(inputs.len(), 855);
+    let first = inputs.values().map(|v| v.0).min().unwrap();
+    let last = inputs.values().map(|v| v.0).max().unwrap();
+    let hour = 3_600_000;
+    assert!(last - first > 2 * hour + hour / 2, "{first}..{last}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(last <= now, "event time ran into the future");
+
+    // One label for each good transaction due by the last event time, none other.
+    let labels = read_topic(&brokers, &topics.names[3]);
+    assert_eq!(labels.len() as u64, published);
+    let due = inputs.values().filter(|(at, _)| at + hour <= last).count();
+    assert_eq!(labels.len(), due);
+    for (label, _) in &labels {
+        let id = label["transaction_id"].as_str().unwrap();
+        let &(at, scenario) = inputs.get(id).unwrap_or_else(|| panic!("no input {id}"));
+        assert_eq!(epoch_ms(&label["timestamp"]), at, "{label}");
+        assert_eq!(epoch_ms(&label["labelled_at"]), at + hour, "{label}");
+        let fraud = if scenario > 0 { "fraud" } else { "genuine" };
+        assert_eq!(label["label"], fraud, "{label}");
+    }
+}

@@ -40,6 +40,8 @@ pub enum AuditError {
     Model(#[from] ModelError),
     #[error("reading {topic}: no message for {STALL:?} before its end")]
     Stalled { topic: String },
+    #[error("the service's id seed: {0}")]
+    Seed(#[from] crate::snapshot::SnapshotError),
 }
 
 #[derive(Debug, Clone)]
@@ -100,12 +102,15 @@ pub fn run(opts: &AuditOptions) -> Result<AuditReport, AuditError> {
         let mut feed = LabelFeed::new(labels, terminals.clone());
         feed.until(EventTime::END);
     }
-    let mut engine = Engine::new(
-        model.spec().clone(),
-        &engine_config,
-        Arc::new(Store::default()),
-    )
-    .with_terminals(terminals);
+    // The service's own id seed, so that transactions at one instant add up in its order and
+    // the sums agree to the last bit.
+    let store = if config.state.snapshots() {
+        Store::with_seed(crate::snapshot::state_seed(&config.state.dir)?)
+    } else {
+        Store::default()
+    };
+    let mut engine = Engine::new(model.spec().clone(), &engine_config, Arc::new(store))
+        .with_terminals(terminals);
     // Transaction id → (features as the output writes them, timestamp): the first scoring only,
     // as a re-delivery is scored from the state like the original.
     let mut reference: HashMap<String, (Value, i64)> = HashMap::new();

@@ -11,7 +11,7 @@ pub const ALWAYS: [&str; 2] = ["customer_tx_count_10m", "customer_avg_amount_7d"
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FeatureError {
-    #[error("unknown feature `{0}`: expected customer_tx_count_<w>, customer_sum_amount_<w>, customer_avg_amount_<w>, amount_to_avg_<w>, terminal_tx_count_<w>_delay_<d>, terminal_fraud_count_<w>_delay_<d>, terminal_risk_<w>_delay_<d>, amount, hour_of_day or is_weekend")]
+    #[error("unknown feature `{0}`: expected customer_tx_count_<w>, customer_sum_amount_<w>, customer_avg_amount_<w>, amount_to_avg_<w>, terminal_tx_count_<w>_delay_<d>, terminal_fraud_count_<w>_delay_<d>, terminal_risk_<w>_delay_<d>, terminal_fraud_age_<w>_delay_<d>, terminal_last_label_fraud_<w>_delay_<d>, amount, hour_of_day or is_weekend")]
     Unknown(String),
     #[error("feature `{name}`: window `{window}` is not <n><s|m|h|d> from 1s to 30d")]
     BadWindow { name: String, window: String },
@@ -34,6 +34,11 @@ pub enum Feature {
     TerminalFraud(DelayedWindow),
     /// Frauds / labelled; 0 when none.
     TerminalRisk(DelayedWindow),
+    /// Days since the earliest fraud among them: the age of the compromise the labels show;
+    /// 0 when none.
+    TerminalFraudAge(DelayedWindow),
+    /// 1 when the latest of them is a fraud.
+    TerminalLastLabelFraud(DelayedWindow),
     Amount,
     HourOfDay,
     IsWeekend,
@@ -59,10 +64,15 @@ impl Feature {
                     });
             }
         }
-        let delayed: [(&str, DelayedFeature); 3] = [
+        let delayed: [(&str, DelayedFeature); 5] = [
             ("terminal_tx_count_", Feature::TerminalCount),
             ("terminal_fraud_count_", Feature::TerminalFraud),
             ("terminal_risk_", Feature::TerminalRisk),
+            ("terminal_fraud_age_", Feature::TerminalFraudAge),
+            (
+                "terminal_last_label_fraud_",
+                Feature::TerminalLastLabelFraud,
+            ),
         ];
         for (prefix, make) in delayed {
             if let Some(rest) = name.strip_prefix(prefix) {
@@ -95,9 +105,11 @@ impl Feature {
 
     fn delayed_window(self) -> Option<DelayedWindow> {
         match self {
-            Feature::TerminalCount(w) | Feature::TerminalFraud(w) | Feature::TerminalRisk(w) => {
-                Some(w)
-            }
+            Feature::TerminalCount(w)
+            | Feature::TerminalFraud(w)
+            | Feature::TerminalRisk(w)
+            | Feature::TerminalFraudAge(w)
+            | Feature::TerminalLastLabelFraud(w) => Some(w),
             _ => None,
         }
     }
@@ -109,6 +121,7 @@ impl Feature {
             Feature::Count(_)
                 | Feature::TerminalCount(_)
                 | Feature::TerminalFraud(_)
+                | Feature::TerminalLastLabelFraud(_)
                 | Feature::HourOfDay
                 | Feature::IsWeekend
         )
@@ -227,6 +240,8 @@ impl FeatureSpec {
                     Feature::TerminalCount(_) => t.labelled as f64,
                     Feature::TerminalFraud(_) => t.fraud as f64,
                     Feature::TerminalRisk(_) => t.risk(),
+                    Feature::TerminalFraudAge(_) => t.fraud_age_days(at),
+                    Feature::TerminalLastLabelFraud(_) => t.last_fraud() as u8 as f64,
                     Feature::Count(_) => s.count as f64,
                     Feature::Sum(_) => s.sum,
                     Feature::Avg(_) => s.mean(),
@@ -356,6 +371,9 @@ mod tests {
             "terminal_risk_7d_delay_7d",
             "terminal_tx_count_1d_delay_7d",
             "terminal_fraud_count_7d_delay_7d",
+            "terminal_fraud_age_7d_delay_7d",
+            "terminal_last_label_fraud_7d_delay_7d",
+            "terminal_last_label_fraud_1d_delay_7d",
         ])
         .unwrap();
         let day = WindowLen::parse("1d").unwrap();
@@ -375,21 +393,30 @@ mod tests {
         );
         let at = EventTime::checked(1_795_824_000_000i64).unwrap();
         let stats = [WindowStats::default(); 2];
+        let day_ms = 86_400_000;
         let terminal = [
             TerminalStats {
                 labelled: 3,
                 fraud: 0,
+                first_fraud_ms: None,
+                last: Some((at.millis() - 7 * day_ms, false)),
             },
             TerminalStats {
                 labelled: 8,
                 fraud: 2,
+                first_fraud_ms: Some(at.millis() - 10 * day_ms - day_ms / 2),
+                last: Some((at.millis() - 8 * day_ms, true)),
             },
         ];
         let f = spec.compute(1.0, at, &stats, &terminal);
-        assert_eq!(f.values(), [0.0, 0.0, 0.25, 3.0, 2.0]);
+        assert_eq!(f.values(), [0.0, 0.0, 0.25, 3.0, 2.0, 10.5, 1.0, 0.0]);
         let json = serde_json::to_string(&spec.named(&f)).unwrap();
         assert!(
             json.contains(r#""terminal_tx_count_1d_delay_7d":3"#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""terminal_last_label_fraud_7d_delay_7d":1,"#),
             "{json}"
         );
     }

@@ -208,6 +208,14 @@ async fn terminal(
         features.insert(format!("terminal_tx_count_{suffix}"), json!(st.labelled));
         features.insert(format!("terminal_fraud_count_{suffix}"), json!(st.fraud));
         features.insert(format!("terminal_risk_{suffix}"), json!(st.risk()));
+        features.insert(
+            format!("terminal_fraud_age_{suffix}"),
+            json!(st.fraud_age_days(now)),
+        );
+        features.insert(
+            format!("terminal_last_label_fraud_{suffix}"),
+            json!(st.last_fraud() as u8),
+        );
     }
     let frauds = held.iter().filter(|(_, fraud, _)| *fraud).count();
     Json(json!({

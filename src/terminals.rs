@@ -27,11 +27,17 @@ impl DelayedWindow {
     }
 }
 
-/// Labelled and fraud counts over one delayed window.
+/// What one delayed window of a terminal's known labels shows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TerminalStats {
     pub labelled: u32,
     pub fraud: u32,
+    /// Transaction time of the earliest fraud: when the compromise the labels show began.
+    pub first_fraud_ms: Option<i64>,
+    /// Transaction time of the latest labelled transaction, and whether it was a fraud (of
+    /// several at that same instant: any, so that the order of ties, which differs between
+    /// processes, cannot change it).
+    pub last: Option<(i64, bool)>,
 }
 
 impl TerminalStats {
@@ -42,6 +48,30 @@ impl TerminalStats {
         } else {
             self.fraud as f64 / self.labelled as f64
         }
+    }
+
+    /// Days from the earliest fraud to `at`; 0 when none.
+    pub fn fraud_age_days(self, at: EventTime) -> f64 {
+        self.first_fraud_ms
+            .map_or(0.0, |first| (at.millis() - first) as f64 / 86_400_000.0)
+    }
+
+    /// Counts one known label; labels come in transaction-time order.
+    fn count(&mut self, at: i64, fraud: bool) {
+        self.labelled += 1;
+        self.fraud += fraud as u32;
+        if fraud && self.first_fraud_ms.is_none() {
+            self.first_fraud_ms = Some(at);
+        }
+        self.last = match self.last {
+            Some((last, tied)) if last == at => Some((at, tied || fraud)),
+            _ => Some((at, fraud)),
+        };
+    }
+
+    /// Whether the latest labelled transaction was a fraud; false when none.
+    pub fn last_fraud(self) -> bool {
+        self.last.is_some_and(|(_, fraud)| fraud)
     }
 }
 
@@ -170,8 +200,7 @@ impl Terminals {
             let mut s = TerminalStats::default();
             for l in held[start..].iter().take_while(|l| l.at <= hi) {
                 if l.known_at <= t {
-                    s.labelled += 1;
-                    s.fraud += l.fraud as u32;
+                    s.count(l.at, l.fraud);
                 }
             }
             out.push(s);
@@ -260,8 +289,9 @@ mod tests {
             // Per (terminal, tx): (at, fraud, known_at) of the label that stands.
             let mut reference: std::collections::HashMap<(u8, u8), (i64, bool, i64)> = Default::default();
             for (terminal, tx, fraud, delay_h) in labels {
-                // A transaction keeps its time; its labels may differ in outcome and known time.
-                let at = T0 + tx as i64 * 3 * H;
+                // A transaction keeps its time, shared with one other (ties decide the latest
+                // label); its labels may differ in outcome and known time.
+                let at = T0 + (tx / 2) as i64 * 3 * H;
                 let known_at = at + delay_h * H;
                 let l = label(&format!("tx{tx}"), &format!("T{terminal}"), at, fraud, known_at);
                 let admission = terminals.add(&l);
@@ -289,14 +319,21 @@ mod tests {
                 terminals.stats(&format!("T{terminal}"), EventTime::checked(t).unwrap(), &windows, &mut out);
                 for (w, got) in windows.iter().zip(&out) {
                     let (hi, lo) = (t - w.delay.millis(), t - w.reach_ms());
-                    let mut want = TerminalStats::default();
-                    for (&(term, _), &(at, fraud, known_at)) in &reference {
-                        if term == terminal && at > lo && at <= hi && known_at <= t {
-                            want.labelled += 1;
-                            want.fraud += fraud as u32;
-                        }
-                    }
-                    prop_assert_eq!(*got, want);
+                    let known: Vec<(i64, bool)> = reference
+                        .iter()
+                        .filter(|(&(term, _), &(at, _, known_at))| term == terminal && at > lo && at <= hi && known_at <= t)
+                        .map(|(_, &(at, fraud, _))| (at, fraud))
+                        .collect();
+                    prop_assert_eq!(got.labelled as usize, known.len());
+                    prop_assert_eq!(got.fraud as usize, known.iter().filter(|k| k.1).count());
+                    let first_fraud = known.iter().filter(|k| k.1).map(|k| k.0).min();
+                    prop_assert_eq!(got.first_fraud_ms, first_fraud);
+                    let last = known
+                        .iter()
+                        .map(|k| k.0)
+                        .max()
+                        .map(|last| (last, known.iter().any(|k| k.0 == last && k.1)));
+                    prop_assert_eq!(got.last, last);
                 }
             }
         }

@@ -122,6 +122,9 @@ pub struct ModelConfig {
     pub max_batch: usize,
     #[serde(default, deserialize_with = "duration")]
     pub max_wait: Duration,
+    /// Reload the model when its file changes (as on SIGHUP).
+    #[serde(default)]
+    pub watch: bool,
     /// Unset: the model's own (chosen on data when it was built).
     #[serde(default)]
     pub review_threshold: Option<f32>,

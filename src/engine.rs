@@ -132,6 +132,12 @@ impl Engine {
         &self.spec
     }
 
+    /// Computes `spec`'s features from the next event on: for a reloaded model, whose windows
+    /// [`crate::reload::check`] found within what the state holds.
+    pub fn set_spec(&mut self, spec: Arc<FeatureSpec>) {
+        self.spec = spec;
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod pipeline;
+pub mod reload;
 pub mod replay;
 pub mod service;
 pub mod shared;

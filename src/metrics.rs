@@ -28,6 +28,7 @@ pub struct Metrics {
     pub rebalances: IntCounter,
     pub model_info: IntGaugeVec,
     pub ready: IntGauge,
+    pub model_reloads: IntCounterVec,
     pub decision_threshold: prometheus::GaugeVec,
     pub produce_retries: IntCounter,
     pub duplicates: IntCounter,
@@ -253,6 +254,14 @@ impl Metrics {
             "1 when /readyz answers 200: model loaded, partitions held, state and labels read",
         )
         .expect("valid metric");
+        let model_reloads = IntCounterVec::new(
+            Opts::new(
+                "fraudscore_model_reloads_total",
+                "Model reloads (SIGHUP or a changed file with model.watch): ok, or refused by the checks (the running model stays)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let decision_threshold = prometheus::GaugeVec::new(
             Opts::new(
                 "fraudscore_decision_threshold",
@@ -298,6 +307,7 @@ impl Metrics {
             Box::new(rebalances.clone()),
             Box::new(model_info.clone()),
             Box::new(ready.clone()),
+            Box::new(model_reloads.clone()),
             Box::new(decision_threshold.clone()),
             Box::new(produce_retries.clone()),
             Box::new(duplicates.clone()),
@@ -342,6 +352,9 @@ impl Metrics {
                 labelled_decisions.with_label_values(&[decision, label]);
             }
         }
+        for result in ["ok", "refused"] {
+            model_reloads.with_label_values(&[result]);
+        }
         for reason in ["damaged", "version", "other_config", "unreadable"] {
             snapshots_ignored.with_label_values(&[reason]);
         }
@@ -359,6 +372,7 @@ impl Metrics {
             rebalances,
             model_info,
             ready,
+            model_reloads,
             decision_threshold,
             produce_retries,
             duplicates,

@@ -54,6 +54,8 @@ pub struct Service {
     pipeline: JoinHandle<Result<(), PipelineError>>,
     /// The labels reader, when the model takes terminal features; it ends with `stop`.
     labels: Option<JoinHandle<()>>,
+    /// Loads and checks models on SIGHUP (and file changes); ends with `stop`.
+    reloader: JoinHandle<()>,
     /// Resolves when the pipeline thread ends, however it ends (a drop guard sends it).
     pipeline_ended: oneshot::Receiver<()>,
     /// Set to true to stop every HTTP listener.
@@ -123,7 +125,15 @@ impl Service {
         let stop = Arc::new(AtomicBool::new(false));
         // Started with the clients made, so that a failed start leaves no thread behind.
         let labels = (!spec.terminal_windows().is_empty()).then(|| config.clone());
-        let pipeline = Pipeline::new(config, scorer, shared.clone())?;
+        let reload = crate::reload::ReloadOptions {
+            path: config.model.path.clone(),
+            intra_threads: config.model.intra_threads,
+            watch: config.model.watch,
+            limits: crate::reload::Limits::of(&spec),
+            overrides: config.model.thresholds(),
+        };
+        let (candidates_tx, candidates) = std::sync::mpsc::channel();
+        let pipeline = Pipeline::new(config, scorer, shared.clone(), candidates)?;
         let labels = match labels {
             Some(config) => Some(crate::labels::spawn(
                 &config,
@@ -145,6 +155,28 @@ impl Service {
                 let _ended = EndGuard(Some(ended_tx));
                 pipeline.run(&stop_flag)
             })?;
+        let reload_requested = Arc::new(AtomicBool::new(false));
+        let reloader = crate::reload::spawn(
+            reload,
+            reload_requested.clone(),
+            shared.metrics.clone(),
+            stop.clone(),
+            candidates_tx,
+        )?;
+        #[cfg(unix)]
+        {
+            let requested = reload_requested.clone();
+            runtime.spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    info!("SIGHUP: reloading the model");
+                    requested.store(true, Ordering::Relaxed);
+                }
+            });
+        }
         let (store, evicted, stop_flag) = (
             shared.store.clone(),
             shared.metrics.customers_evicted.clone(),
@@ -161,6 +193,7 @@ impl Service {
             stop: StopOnDrop(stop),
             pipeline,
             labels,
+            reloader,
             pipeline_ended,
             http_stop,
             runtime,
@@ -211,6 +244,7 @@ impl Service {
         if let Some(labels) = self.labels {
             let _ = labels.join();
         }
+        let _ = self.reloader.join();
         let _ = self.http_stop.send(true);
         self.runtime.shutdown_timeout(Duration::from_secs(1));
         result

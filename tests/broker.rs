@@ -1055,3 +1055,93 @@ fn labels_change_later_scores_on_every_instance_and_the_replay_agrees() {
     assert_eq!(bad[0].headers["fraudscore.dlq.reason"], "missing_field");
     assert_features_exact(&brokers, &names);
 }
+
+/// SIGHUP swaps in a new model between two batches, once it passed its checks; a file that fails
+/// them is refused and the running model keeps scoring.
+#[test]
+fn sighup_swaps_in_a_checked_model_and_a_bad_one_changes_nothing() {
+    let Some(brokers) = broker() else { return };
+    let names = fresh(&brokers, "reload");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(model_path(), &model).unwrap();
+    let model_env = model.display().to_string();
+    let service = Instance::start(&brokers, &names, &[("FRAUDSCORE__MODEL__PATH", &model_env)]);
+    let shipped = Model::load(&model, 1).unwrap().version().to_string();
+    let hup = || {
+        Command::new("kill")
+            .args(["-HUP", &service.child.id().to_string()])
+            .status()
+            .unwrap();
+    };
+    let wait_for = |metric: &str, value: f64| {
+        let start = Instant::now();
+        while service.metric(metric) < value {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{metric} never reached {value}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let p = producer(&brokers);
+    let mut sent = 0;
+    // Sends a round of transactions and returns the model version of each of its outputs.
+    let mut round = |prefix: &str| -> Vec<(String, Value)> {
+        for (key, value) in workload(prefix, 40, 8) {
+            send(&p, &names.input, Some(&key), &value);
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+        sent += 40;
+        let (scored, dlq) = read_outputs(&brokers, &names, Duration::from_secs(60), |s, d| {
+            s.len() + d.len() >= sent
+        });
+        assert!(dlq.is_empty());
+        scored
+            .iter()
+            .map(json)
+            .filter(|v| v["transaction_id"].as_str().unwrap().starts_with(prefix))
+            .map(|v| (v["model_version"].as_str().unwrap().to_string(), v))
+            .collect()
+    };
+    let before = round("before");
+    assert_eq!(before.len(), 40);
+    assert!(before.iter().all(|(version, _)| *version == shipped));
+
+    // Not a model: refused, and the shipped model goes on scoring.
+    std::fs::write(&model, b"not an ONNX model").unwrap();
+    hup();
+    wait_for("fraudscore_model_reloads_total{result=\"refused\"}", 1.0);
+    let refused = round("refused");
+    assert_eq!(refused.len(), 40);
+    assert!(refused.iter().all(|(version, _)| *version == shipped));
+    assert_eq!(
+        service.metric("fraudscore_model_reloads_total{result=\"ok\"}"),
+        0.0
+    );
+
+    // Another valid model: swapped in; every later output is its, with its features.
+    std::fs::copy(root().join("tests/data/tiny.onnx"), &model).unwrap();
+    let tiny = Model::load(&model, 1).unwrap();
+    hup();
+    wait_for("fraudscore_model_reloads_total{result=\"ok\"}", 1.0);
+    let after = round("after");
+    assert_eq!(after.len(), 40);
+    for (version, v) in &after {
+        assert_eq!(version, tiny.version(), "{v}");
+        let names: Vec<&String> = v["features"].as_object().unwrap().keys().collect();
+        assert_eq!(names.len(), tiny.spec().names().len(), "{v}");
+    }
+    assert_eq!(
+        service.metric(&format!(
+            "fraudscore_model_info{{version=\"{}\"}}",
+            tiny.version()
+        )),
+        1.0
+    );
+    assert_eq!(
+        service.metric(&format!("fraudscore_model_info{{version=\"{shipped}\"}}")),
+        0.0,
+        "the old model is no longer shown"
+    );
+}

@@ -222,3 +222,46 @@ fn shipped_model_matches_python_onnxruntime() {
         }
     }
 }
+
+/// What a reload accepts: a model whose features the running state serves exactly, scoring
+/// probabilities; anything else is refused with the reason.
+#[test]
+fn a_reload_accepts_a_model_the_state_can_serve_and_refuses_the_rest() {
+    use fraudscore::engine::ThresholdOverrides;
+    use fraudscore::reload::{check, Limits, Refusal};
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.onnx");
+    let running = Limits::of(Model::load(&shipped, 1).unwrap().spec());
+    let none = ThresholdOverrides::default();
+
+    let tiny = check(&data("tiny.onnx"), 1, &running, none).unwrap();
+    assert_eq!(tiny.model.version(), "tiny-logistic-1");
+    assert_eq!(tiny.thresholds, Thresholds::default());
+    assert!(check(&shipped, 1, &running, none).is_ok());
+
+    // Windows longer than the running model's: the state does not hold them.
+    let tiny_limits = Limits::of(tiny.model.spec());
+    let e = check(&shipped, 1, &tiny_limits, none).unwrap_err();
+    assert!(matches!(e, Refusal::LongerWindow { .. }), "{e}");
+    // Terminal features while no labels are read.
+    let without_labels = Limits {
+        terminal_reach_ms: None,
+        ..running
+    };
+    let e = check(&shipped, 1, &without_labels, none).unwrap_err();
+    assert!(matches!(e, Refusal::NoLabels), "{e}");
+    // Not a model, or one the engine cannot feed.
+    for broken in ["no_features.onnx", "unknown_feature.onnx", "wrong_width.onnx"] {
+        let e = check(&data(broken), 1, &running, none).unwrap_err();
+        assert!(matches!(e, Refusal::Load(_)), "{broken}: {e}");
+    }
+    // Scores that are not probabilities (a raw margin): 0.01 * 100 + 0.5 * 100 - 100 - 2 = -51.
+    let e = check(&data("raw_margin.onnx"), 1, &running, none).unwrap_err();
+    assert!(matches!(e, Refusal::BadScore { .. }), "{e}");
+    // Thresholds that cross the new model's: refused, not reordered.
+    let crossing = ThresholdOverrides {
+        review: Some(0.95),
+        decline: None,
+    };
+    let e = check(&shipped, 1, &running, crossing).unwrap_err();
+    assert!(matches!(e, Refusal::Thresholds(_)), "{e}");
+}

@@ -29,6 +29,7 @@ use crate::decode::Rejection;
 use crate::engine::{Engine, Prepared, Scorer, Verdict};
 use crate::model::ModelError;
 use crate::output;
+use crate::reload::Candidate;
 use crate::shared::Shared;
 use crate::snapshot::{SnapshotDir, StateCheck};
 use crate::time::EventTime;
@@ -103,6 +104,8 @@ struct Worker {
     config: Config,
     /// Outputs given up on because of a stop: in flight for good, so shutdown does not wait for them.
     abandoned: Cell<usize>,
+    /// Checked models to swap in between two batches (SIGHUP, `model.watch`).
+    candidates: mpsc::Receiver<Candidate>,
 }
 
 impl Pipeline {
@@ -111,6 +114,7 @@ impl Pipeline {
         config: Config,
         scorer: Scorer,
         shared: Arc<Shared>,
+        candidates: mpsc::Receiver<Candidate>,
     ) -> Result<Pipeline, PipelineError> {
         let (failed_tx, failed) = mpsc::channel();
         let producer: OutputProducer =
@@ -136,23 +140,8 @@ impl Pipeline {
             ))?;
 
         let require_key = input_partitions(&consumer, &config.kafka.input_topic) != Some(1);
+        show_model(&shared, &scorer);
         let model = scorer.model();
-        shared
-            .metrics
-            .model_info
-            .with_label_values(&[model.version()])
-            .set(1);
-        let thresholds = scorer.thresholds();
-        for (decision, at) in [
-            ("review", thresholds.review),
-            ("decline", thresholds.decline),
-        ] {
-            shared
-                .metrics
-                .decision_threshold
-                .with_label_values(&[decision])
-                .set(f64::from(at));
-        }
         let engine_config = config.engine.engine_config(require_key);
         let engine = Engine::new(model.spec().clone(), &engine_config, shared.store.clone())
             .with_terminals(shared.terminals.clone());
@@ -174,6 +163,7 @@ impl Pipeline {
             output: Output::new(producer, failed),
             engine,
             scorer,
+            candidates,
             batch: Batch::with_capacity(config.model.max_batch),
             commits: Commits::new(
                 config.kafka.input_topic.clone(),
@@ -211,7 +201,49 @@ impl Pipeline {
     }
 }
 
+/// The model in use, in the metrics: its version and thresholds.
+fn show_model(shared: &Shared, scorer: &Scorer) {
+    let m = &shared.metrics;
+    m.model_info.reset();
+    m.model_info
+        .with_label_values(&[scorer.model().version()])
+        .set(1);
+    let thresholds = scorer.thresholds();
+    for (decision, at) in [
+        ("review", thresholds.review),
+        ("decline", thresholds.decline),
+    ] {
+        m.decision_threshold
+            .with_label_values(&[decision])
+            .set(f64::from(at));
+    }
+}
+
 impl Worker {
+    /// Swaps in a checked model if one is waiting: called between two batches, so that every
+    /// transaction is prepared and scored by one model.
+    fn swap_model(&mut self) {
+        let Ok(Candidate { model, thresholds }) = self.candidates.try_recv() else {
+            return;
+        };
+        let from = self.scorer.model().version().to_string();
+        self.engine.set_spec(Arc::new(model.spec().clone()));
+        self.scorer = Scorer::new(model, thresholds);
+        show_model(&self.shared, &self.scorer);
+        self.shared
+            .metrics
+            .model_reloads
+            .with_label_values(&["ok"])
+            .inc();
+        info!(
+            from,
+            to = self.scorer.model().version(),
+            review = thresholds.review,
+            decline = thresholds.decline,
+            "model swapped"
+        );
+    }
+
     fn consume(
         &mut self,
         consumer: &BaseConsumer<GroupContext>,
@@ -220,6 +252,9 @@ impl Worker {
         let (max_batch, max_wait) = (self.config.model.max_batch, self.config.model.max_wait);
         let mut batch_deadline = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if self.batch.is_empty() {
+                self.swap_model();
+            }
             let timeout = if self.batch.is_empty() {
                 POLL_IDLE
             } else {

@@ -16,7 +16,7 @@ WEIGHTS = [0.01, 0.5, -1.0]
 BIAS = -2.0
 
 
-def logistic(features, width, path, meta=True):
+def logistic(features, width, path, meta=True, sigmoid=True):
     x = helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, width])
     y = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])
     w = helper.make_tensor("w", TensorProto.FLOAT, [width, 1], (WEIGHTS * width)[:width])
@@ -25,7 +25,8 @@ def logistic(features, width, path, meta=True):
     nodes = [
         helper.make_node("MatMul", ["features", "w"], ["z0"]),
         helper.make_node("Add", ["z0", "b"], ["z"]),
-        helper.make_node("Sigmoid", ["z"], ["p1"]),
+        # Without the sigmoid the "probability" is the raw margin: a model a reload must refuse.
+        helper.make_node("Sigmoid" if sigmoid else "Identity", ["z"], ["p1"]),
         helper.make_node("Sub", ["one", "p1"], ["p0"]),
         helper.make_node("Concat", ["p0", "p1"], ["probabilities"], axis=1),
     ]
@@ -45,3 +46,4 @@ logistic(["amount", "customer_tx_count_1h", "is_weekend"], 3, "tiny.onnx")
 logistic(["amount", "terminal_risk_7d", "is_weekend"], 3, "unknown_feature.onnx")
 logistic(["amount", "is_weekend"], 3, "wrong_width.onnx")
 logistic(["amount", "customer_tx_count_1h", "is_weekend"], 3, "no_features.onnx", meta=False)
+logistic(["amount", "customer_tx_count_1h", "is_weekend"], 3, "raw_margin.onnx", sigmoid=False)

@@ -1,0 +1,166 @@
+//! Model reloads: a thread that loads and checks a new model file when asked (SIGHUP, or a change of the file with `model.watch`), for the pipeline to swap in between two batches.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use tracing::{info, warn};
+
+use crate::engine::{ThresholdOverrides, Thresholds};
+use crate::features::FeatureSpec;
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::time::WindowLen;
+
+/// How often the model file is looked at with `model.watch`, and a SIGHUP noticed.
+const LOOK_EVERY: Duration = Duration::from_millis(200);
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// A model that passed every check, with the thresholds it is to decide with.
+#[derive(Debug)]
+pub struct Candidate {
+    pub model: Model,
+    pub thresholds: Thresholds,
+}
+
+/// What the running state can serve exactly: set at start, since the window state keeps events
+/// (and the labels) only as far back as the first model's longest windows need.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub longest_window: WindowLen,
+    /// The farthest a terminal window reaches back (window + delay); None when labels are not read.
+    pub terminal_reach_ms: Option<i64>,
+}
+
+impl Limits {
+    pub fn of(spec: &FeatureSpec) -> Limits {
+        Limits {
+            longest_window: spec.longest_window(),
+            terminal_reach_ms: spec.terminal_windows().iter().map(|w| w.reach_ms()).max(),
+        }
+    }
+}
+
+/// Why a model was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Load(#[from] crate::model::ModelError),
+    #[error("it needs a {needs} window, but the state holds events only for windows up to {holds} (the running model's longest): restart with the new model to rebuild the state")]
+    LongerWindow { needs: WindowLen, holds: WindowLen },
+    #[error("it takes terminal features, but the running model takes none, so labels are not read: restart with the new model")]
+    NoLabels,
+    #[error("its terminal windows reach {needs_ms} ms back, the labels held only {holds_ms} ms: restart with the new model")]
+    LongerTerminalWindow { needs_ms: i64, holds_ms: i64 },
+    #[error("it scored a probe row {row:?} as {score}, not a probability in [0, 1]")]
+    BadScore { row: f32, score: f32 },
+    #[error("decision thresholds: {0}")]
+    Thresholds(#[from] crate::engine::ThresholdError),
+}
+
+/// Loads `path` and checks it can replace the running model with exact features: the engine
+/// computes all its features (a model loads only then), within the state's reach, and it scores
+/// probe rows as probabilities.
+pub fn check(
+    path: &Path,
+    intra_threads: usize,
+    limits: &Limits,
+    overrides: ThresholdOverrides,
+) -> Result<Candidate, Refusal> {
+    let mut model = Model::load(path, intra_threads)?;
+    let spec = model.spec();
+    if spec.longest_window() > limits.longest_window {
+        return Err(Refusal::LongerWindow {
+            needs: spec.longest_window(),
+            holds: limits.longest_window,
+        });
+    }
+    if let Some(needs_ms) = spec.terminal_windows().iter().map(|w| w.reach_ms()).max() {
+        match limits.terminal_reach_ms {
+            None => return Err(Refusal::NoLabels),
+            Some(holds_ms) if needs_ms > holds_ms => {
+                return Err(Refusal::LongerTerminalWindow { needs_ms, holds_ms })
+            }
+            Some(_) => {}
+        }
+    }
+    let width = spec.model_width();
+    let mut scores = Vec::new();
+    for probe in [0.0f32, 1.0, 100.0] {
+        model.score(&vec![probe; width], &mut scores)?;
+        if let Some(&score) = scores.iter().find(|s| !(0.0..=1.0).contains(*s)) {
+            return Err(Refusal::BadScore { row: probe, score });
+        }
+    }
+    let thresholds = Thresholds::resolve(model.thresholds(), overrides)?;
+    Ok(Candidate { model, thresholds })
+}
+
+pub struct ReloadOptions {
+    pub path: PathBuf,
+    pub intra_threads: usize,
+    /// Also reload when the file changes (modification time or size).
+    pub watch: bool,
+    pub limits: Limits,
+    pub overrides: ThresholdOverrides,
+}
+
+/// Watches for reload requests (`requested`, set on SIGHUP) until `stop`; checked models are sent
+/// to `candidates`.
+pub fn spawn(
+    opts: ReloadOptions,
+    requested: Arc<AtomicBool>,
+    metrics: Metrics,
+    stop: Arc<AtomicBool>,
+    candidates: Sender<Candidate>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || watch(&opts, &requested, &metrics, &stop, &candidates))
+}
+
+fn watch(
+    opts: &ReloadOptions,
+    requested: &AtomicBool,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+    tx: &Sender<Candidate>,
+) {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+    };
+    let mut seen = stamp(&opts.path);
+    let mut since_look = Duration::ZERO;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(LOOK_EVERY);
+        since_look += LOOK_EVERY;
+        let mut why = requested.swap(false, Ordering::Relaxed).then_some("SIGHUP");
+        if opts.watch && since_look >= WATCH_EVERY {
+            since_look = Duration::ZERO;
+            let now = stamp(&opts.path);
+            if now.is_some() && now != seen {
+                seen = now;
+                why = why.or(Some("the model file changed"));
+            }
+        }
+        let Some(why) = why else { continue };
+        let path = opts.path.display().to_string();
+        match check(&opts.path, opts.intra_threads, &opts.limits, opts.overrides) {
+            Ok(candidate) => {
+                info!(%path, why, version = candidate.model.version(), "new model checked; swapping it in between two batches");
+                if tx.send(candidate).is_err() {
+                    return;
+                }
+            }
+            Err(refusal) => {
+                warn!(%path, why, error = %refusal, "model refused; the running model stays");
+                metrics.model_reloads.with_label_values(&["refused"]).inc();
+            }
+        }
+    }
+}

@@ -250,7 +250,11 @@ fn a_reload_accepts_a_model_the_state_can_serve_and_refuses_the_rest() {
     let e = check(&shipped, 1, &without_labels, none).unwrap_err();
     assert!(matches!(e, Refusal::NoLabels), "{e}");
     // Not a model, or one the engine cannot feed.
-    for broken in ["no_features.onnx", "unknown_feature.onnx", "wrong_width.onnx"] {
+    for broken in [
+        "no_features.onnx",
+        "unknown_feature.onnx",
+        "wrong_width.onnx",
+    ] {
         let e = check(&data(broken), 1, &running, none).unwrap_err();
         assert!(matches!(e, Refusal::Load(_)), "{broken}: {e}");
     }

@@ -149,6 +149,9 @@ fn watch(
             }
         }
         let Some(why) = why else { continue };
+        // What is loaded now is seen: a SIGHUP after replacing the file must not make the
+        // watcher load it a second time.
+        seen = stamp(&opts.path);
         let path = opts.path.display().to_string();
         match check(&opts.path, opts.intra_threads, &opts.limits, opts.overrides) {
             Ok(candidate) => {

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::engine::{Scorer, ThresholdError, Thresholds};
@@ -165,17 +165,26 @@ impl Service {
         )?;
         #[cfg(unix)]
         {
-            let requested = reload_requested.clone();
-            runtime.spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                    return;
-                };
-                while hup.recv().await.is_some() {
-                    info!("SIGHUP: reloading the model");
-                    requested.store(true, Ordering::Relaxed);
+            use tokio::signal::unix::{signal, SignalKind};
+            // Installed before `start` returns: a SIGHUP from then on reloads, never terminates.
+            let hup = {
+                let _runtime = runtime.enter();
+                signal(SignalKind::hangup())
+            };
+            match hup {
+                Ok(mut hup) => {
+                    let requested = reload_requested.clone();
+                    runtime.spawn(async move {
+                        while hup.recv().await.is_some() {
+                            info!("SIGHUP: reloading the model");
+                            requested.store(true, Ordering::Relaxed);
+                        }
+                    });
                 }
-            });
+                Err(e) => {
+                    warn!(error = %e, "no SIGHUP handler: the model reloads only with model.watch")
+                }
+            }
         }
         let (store, evicted, stop_flag) = (
             shared.store.clone(),

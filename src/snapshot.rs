@@ -94,6 +94,12 @@ impl StateCheck {
     }
 }
 
+/// The seed `state_seed` keeps in `state_dir`, if there is a readable one; never makes one.
+pub fn existing_state_seed(state_dir: &Path) -> Option<u64> {
+    let text = fs::read_to_string(state_dir.join("id-seed")).ok()?;
+    u64::from_str_radix(text.trim(), 16).ok()
+}
+
 /// The transaction-id seed kept in the state directory, made on first use: snapshots hold keyed
 /// hashes of transaction ids, readable only with the seed they were made with. A damaged seed
 /// file is replaced (its snapshots are then ignored as built with another seed).
@@ -661,6 +667,17 @@ mod tests {
             let truncated = &bytes[..cut.index(bytes.len())];
             prop_assert!(decode(truncated, 0, check(&store)).is_err());
         }
+    }
+
+    #[test]
+    fn the_seed_is_made_once_and_read_back_without_making_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        assert_eq!(existing_state_seed(&state), None);
+        assert!(!state.exists(), "reading must not make the directory");
+        let seed = state_seed(&state).unwrap();
+        assert_eq!(existing_state_seed(&state), Some(seed));
+        assert_eq!(state_seed(&state).unwrap(), seed);
     }
 
     #[test]

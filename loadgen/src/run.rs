@@ -666,10 +666,7 @@ fn measure(plan: &Plan<'_>, sut: Option<&mut Sut>) -> Result<Measured, RunError>
     shared.sending_done.store(true, Ordering::Release);
     // Waits for acknowledgements while the receiver keeps collecting outputs.
     let flushed = producer.flush(load.drain_timeout);
-    let labels_published = match labels {
-        Some(labels) => labels.finish(load.drain_timeout)?,
-        None => 0,
-    };
+    let labels_published = labels.map_or(0, |l| l.finish(load.drain_timeout));
     let received = receiver
         .join()
         .map_err(|_| RunError::NotReady("the receiver thread panicked".into()))??;

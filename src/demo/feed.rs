@@ -187,7 +187,26 @@ impl Feed {
         }
         sent.labels = self.publish_labels(self.timeline.live_start_ms());
         self.flush()?;
+        self.check_nothing_dropped()?;
         Ok(sent)
+    }
+
+    /// The mock cluster keeps about 5 MB per partition and drops the oldest messages beyond it,
+    /// acknowledged or not: a history too large for it must stop the demo, not skew it.
+    fn check_nothing_dropped(&self) -> Result<(), DemoError> {
+        let client = self.producer.client();
+        for topic in [INPUT, LABELS] {
+            for partition in 0..super::PARTITIONS {
+                let (low, _) =
+                    client.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+                if low > 0 {
+                    return Err(DemoError::Incomplete(format!(
+                        "the mock cluster dropped the oldest {low} messages of {topic} partition {partition} (it keeps about 5 MB a partition): use fewer --customers or --history-days"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Waits for every message to be acknowledged; an error if any was refused.

@@ -1,16 +1,13 @@
 //! `loadgen run --labels-topic`: event time that can run faster than the wall clock, and each good transaction's fraud label published once its delay has passed in event time.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use crate::kafka::ClientSettings;
+use crate::kafka::{send_retrying, ClientSettings, DeliveryCounter};
 use crate::sim::Transaction;
 use crate::traffic;
 
@@ -43,27 +40,6 @@ impl EventClock {
     }
 }
 
-/// Counts acknowledged labels; a refused one is reported, not counted.
-#[derive(Default)]
-struct Acks {
-    acked: AtomicU64,
-}
-
-impl ClientContext for Acks {}
-
-impl ProducerContext for Acks {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => {
-                self.acked.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((error, _)) => eprintln!("loadgen: a label was not delivered: {error}"),
-        }
-    }
-}
-
 /// A label waiting for its `labelled_at`.
 struct Pending {
     labelled_at_ms: i64,
@@ -76,7 +52,7 @@ struct Pending {
 /// time reaches `labelled_at` = the transaction's time + the delay. Labels not yet due when the
 /// run ends are not published.
 pub struct LabelFeed {
-    producer: BaseProducer<Acks>,
+    producer: BaseProducer<DeliveryCounter>,
     topic: String,
     delay_ms: i64,
     /// In `labelled_at` order: transactions are sent in event-time order and the delay is fixed.
@@ -93,7 +69,7 @@ impl LabelFeed {
         Ok(LabelFeed {
             producer: settings
                 .producer(linger_ms, false)
-                .create_with_context(Acks::default())?,
+                .create_with_context(DeliveryCounter::default())?,
             topic: topic.to_owned(),
             delay_ms: delay.as_millis() as i64,
             pending: VecDeque::new(),
@@ -135,19 +111,10 @@ impl LabelFeed {
             let Some(label) = self.pending.pop_front() else {
                 break;
             };
-            let mut record = BaseRecord::to(&self.topic)
+            let record = BaseRecord::to(&self.topic)
                 .key(label.key.as_bytes())
                 .payload(&label.value[..]);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                        record = returned;
-                        self.producer.poll(Duration::from_millis(1));
-                    }
-                    Err((error, _)) => return Err(error),
-                }
-            }
+            send_retrying(&self.producer, record)?;
         }
         self.producer.poll(Duration::ZERO);
         Ok(())

@@ -10,17 +10,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use rdkafka::client::ClientContext;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::bad::{self, BadMix, Defect};
-use crate::kafka::{self, ClientSettings, LoggingContext};
+use crate::kafka::{self, send_retrying, ClientSettings, DeliveryCounter, LoggingContext};
 use crate::labels::{EventClock, LabelFeed};
 use crate::matcher::{Counts, Expected, Matcher, Output, Topic, Verdict};
 use crate::report::{self, LatencySummary, ReportError, SecondStats};
@@ -278,43 +277,6 @@ pub struct RunReport {
     pub config: RunConfig,
     pub summary: RunSummary,
     pub series: Vec<SecondStats>,
-}
-
-/// Counts producer acknowledgements; runs on the thread that polls the producer.
-#[derive(Debug, Default)]
-struct DeliveryCounter {
-    acked: AtomicU64,
-    failed: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl ClientContext for DeliveryCounter {
-    fn error(&self, error: KafkaError, reason: &str) {
-        eprintln!("kafka producer: {error}: {reason}");
-    }
-}
-
-impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => {
-                self.acked.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((error, _)) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                let mut first = self
-                    .first_error
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if first.is_none() {
-                    eprintln!("loadgen: delivery failed: {error}");
-                    *first = Some(error.to_string());
-                }
-            }
-        }
-    }
 }
 
 /// State the sender and receiver threads share.
@@ -741,24 +703,6 @@ fn wait_until<C: ProducerContext>(due: Instant, producer: &BaseProducer<C>) {
             producer.poll(left - Duration::from_millis(1));
         } else {
             thread::sleep(left);
-        }
-    }
-}
-
-/// Enqueues one message. A full local queue is waited out (serving deliveries frees it)
-/// rather than dropped: the schedule is not shifted, the lateness shows in the latency.
-fn send_retrying<C: ProducerContext<DeliveryOpaque = ()>>(
-    producer: &BaseProducer<C>,
-    mut record: BaseRecord<'_, [u8], [u8]>,
-) -> Result<(), KafkaError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                record = returned;
-                producer.poll(Duration::from_millis(1));
-            }
-            Err((error, _)) => return Err(error),
         }
     }
 }

@@ -78,6 +78,14 @@ fn topics(brokers: &str, suffix: &str) -> Topics {
     }
 }
 
+/// `--sut-cmd` that runs the pass-through on the run's topics and group.
+fn passthrough_sut() -> String {
+    format!(
+        "exec {BIN} passthrough --brokers {{brokers}} --input-topic {{input}} \
+         --output-topic {{scored}} --group {{group}} --offset-reset earliest"
+    )
+}
+
 fn read_report(dir: &Path) -> Value {
     let text = std::fs::read_to_string(dir.join("report.json")).expect("report.json written");
     serde_json::from_str(&text).expect("report.json is JSON")
@@ -162,10 +170,7 @@ fn run_starts_and_stops_the_system_under_test_itself() {
     let suffix = unique_suffix("sut");
     let _topics = topics(&brokers, &suffix);
     let report = tempfile::tempdir().expect("temp dir");
-    let sut = format!(
-        "exec {BIN} passthrough --brokers {{brokers}} --input-topic {{input}} \
-         --output-topic {{scored}} --group {{group}} --offset-reset earliest"
-    );
+    let sut = passthrough_sut();
     let status = Command::new(BIN)
         .args(["run", "--brokers", &brokers, "--create-topics"])
         .args(["--topic-suffix", &suffix])
@@ -236,10 +241,7 @@ fn run_publishes_the_labels_of_what_it_sent_after_their_delay_in_event_time() {
     let mut topics = topics(&brokers, &suffix);
     topics.names.push(format!("fraud-labels{suffix}"));
     let report = tempfile::tempdir().expect("temp dir");
-    let sut = format!(
-        "exec {BIN} passthrough --brokers {{brokers}} --input-topic {{input}} \
-         --output-topic {{scored}} --group {{group}} --offset-reset earliest"
-    );
+    let sut = passthrough_sut();
     let status = Command::new(BIN)
         .args(["run", "--brokers", &brokers, "--create-topics"])
         .args(["--topic-suffix", &suffix])

@@ -54,13 +54,7 @@ impl EngineConfig {
     /// How far behind the newest label the terminal state keeps labels: the longest delayed
     /// window's reach, plus how far behind the newest transaction one may still be scored.
     pub fn terminal_span_ms(&self, spec: &FeatureSpec) -> i64 {
-        let reach = spec
-            .terminal_windows()
-            .iter()
-            .map(|w| w.reach_ms())
-            .max()
-            .unwrap_or(0);
-        reach + self.retention(spec).horizon_ms()
+        spec.terminal_reach_ms().unwrap_or(0) + self.retention(spec).horizon_ms()
     }
 }
 

@@ -210,6 +210,12 @@ impl FeatureSpec {
         &self.terminal_windows
     }
 
+    /// How far back from a transaction the terminal windows reach (window + delay); None for a
+    /// model without terminal features.
+    pub fn terminal_reach_ms(&self) -> Option<i64> {
+        self.terminal_windows.iter().map(|w| w.reach_ms()).max()
+    }
+
     /// The longest window: how far back the state must reach.
     pub fn longest_window(&self) -> WindowLen {
         // ALWAYS holds windowed features, so `windows` is never empty.

@@ -39,7 +39,7 @@ impl Limits {
     pub fn of(spec: &FeatureSpec) -> Limits {
         Limits {
             longest_window: spec.longest_window(),
-            terminal_reach_ms: spec.terminal_windows().iter().map(|w| w.reach_ms()).max(),
+            terminal_reach_ms: spec.terminal_reach_ms(),
         }
     }
 }
@@ -78,7 +78,7 @@ pub fn check(
             holds: limits.longest_window,
         });
     }
-    if let Some(needs_ms) = spec.terminal_windows().iter().map(|w| w.reach_ms()).max() {
+    if let Some(needs_ms) = spec.terminal_reach_ms() {
         match limits.terminal_reach_ms {
             None => return Err(Refusal::NoLabels),
             Some(holds_ms) if needs_ms > holds_ms => {

@@ -17,6 +17,7 @@ OUT=${OUT:-out/bench-latency-floor/$BROKER}
 bash scripts/setup.sh
 cargo build --release --quiet -p loadgen -p fraudscore
 LG=$PWD/target/release/loadgen
+source scripts/bench-common.sh
 mkdir -p "$OUT"
 TAG=$(date +%s)
 
@@ -28,12 +29,7 @@ if [ "$BROKER" = mock ]; then
       for t in transactions transactions-scored transactions-dlq; do topics+=("$t$(suffix $sut $s)"); done
     done
   done
-  rm -f "$OUT/broker"
-  "$LG" broker --mock --topics "$(IFS=,; echo "${topics[*]}")" --address-file "$OUT/broker" &
-  BROKER_PID=$!
-  trap 'kill $BROKER_PID 2>/dev/null || true' EXIT
-  for _ in $(seq 50); do [ -s "$OUT/broker" ] && break; sleep 0.1; done
-  BROKERS=$(cat "$OUT/broker")
+  start_mock_broker "$OUT/broker" "${topics[@]}"
   CREATE=()
 else
   BROKERS=${BROKERS:-127.0.0.1:9092}
@@ -44,14 +40,10 @@ for s in $SETTINGS; do
   linger=${s%/*}; fetch=${s#*/}
   for sut in passthrough service; do
     if [ $sut = passthrough ]; then
-      cmd="exec $LG passthrough --brokers {brokers} --input-topic {input} --output-topic {scored} \
---group {group} --offset-reset earliest --linger-ms $linger -X fetch.wait.max.ms=$fetch"
+      cmd=$(passthrough_sut --linger-ms "$linger" -X "fetch.wait.max.ms=$fetch")
     else
-      cmd="FRAUDSCORE__KAFKA__BROKERS={brokers} FRAUDSCORE__KAFKA__INPUT_TOPIC={input} \
-FRAUDSCORE__KAFKA__OUTPUT_TOPIC={scored} FRAUDSCORE__KAFKA__DLQ_TOPIC={dlq} FRAUDSCORE__KAFKA__GROUP_ID={group} \
-FRAUDSCORE__KAFKA__PRODUCER__LINGER_MS=$linger FRAUDSCORE__KAFKA__CONSUMER__FETCH_WAIT_MAX_MS=$fetch \
-FRAUDSCORE__STATE__SNAPSHOT_INTERVAL=0s \
-exec $PWD/target/release/fraudscore run --config $PWD/config/fraudscore.toml"
+      cmd=$(service_sut FRAUDSCORE__KAFKA__PRODUCER__LINGER_MS="$linger" \
+        FRAUDSCORE__KAFKA__CONSUMER__FETCH_WAIT_MAX_MS="$fetch" FRAUDSCORE__STATE__SNAPSHOT_INTERVAL=0s)
     fi
     "$LG" run --brokers "$BROKERS" --rate "$RATE" --duration "$DURATION" --customers "$CUSTOMERS" \
       --topic-suffix="$(suffix $sut $s)" "${CREATE[@]}" --bad-ratio 0 --warmup 2s \

@@ -15,10 +15,9 @@ CUSTOMERS=${CUSTOMERS:-10000}
 bash scripts/setup.sh
 cargo build --release --quiet -p loadgen -p fraudscore
 LG=$PWD/target/release/loadgen
-PASSTHROUGH="exec $LG passthrough --brokers {brokers} --input-topic {input} --output-topic {scored} --group {group} --offset-reset earliest"
-SERVICE="FRAUDSCORE__KAFKA__BROKERS={brokers} FRAUDSCORE__KAFKA__INPUT_TOPIC={input} \
-FRAUDSCORE__KAFKA__OUTPUT_TOPIC={scored} FRAUDSCORE__KAFKA__DLQ_TOPIC={dlq} FRAUDSCORE__KAFKA__GROUP_ID={group} \
-exec $PWD/target/release/fraudscore run --config $PWD/config/fraudscore.toml"
+source scripts/bench-common.sh
+PASSTHROUGH=$(passthrough_sut)
+SERVICE=$(service_sut)
 TAG=$(date +%s)
 
 for rate in $RATES; do

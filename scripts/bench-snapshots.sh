@@ -17,6 +17,7 @@ OUT=${OUT:-out/bench-snapshots}
 bash scripts/setup.sh
 cargo build --release --quiet -p loadgen -p fraudscore
 LG=$PWD/target/release/loadgen
+source scripts/bench-common.sh
 mkdir -p "$OUT"
 
 topics=()
@@ -25,22 +26,14 @@ for rate in $RATES; do
     for t in transactions transactions-scored transactions-dlq; do topics+=("$t-$mode$rate"); done
   done
 done
-rm -f "$OUT/broker"
-"$LG" broker --mock --topics "$(IFS=,; echo "${topics[*]}")" --address-file "$OUT/broker" &
-BROKER_PID=$!
-trap 'kill $BROKER_PID 2>/dev/null || true' EXIT
-for _ in $(seq 50); do [ -s "$OUT/broker" ] && break; sleep 0.1; done
-BROKERS=$(cat "$OUT/broker")
+start_mock_broker "$OUT/broker" "${topics[@]}"
 
 for rate in $RATES; do
   for mode in ${MODES:-off on}; do
     if [ $mode = on ]; then interval=$INTERVAL; else interval=0s; fi
     state=$(mktemp -d)
-    service="FRAUDSCORE__KAFKA__BROKERS={brokers} FRAUDSCORE__KAFKA__INPUT_TOPIC={input} \
-FRAUDSCORE__KAFKA__OUTPUT_TOPIC={scored} FRAUDSCORE__KAFKA__DLQ_TOPIC={dlq} FRAUDSCORE__KAFKA__GROUP_ID={group} \
-FRAUDSCORE__KAFKA__CONSUMER__STATISTICS_INTERVAL_MS=0 \
-FRAUDSCORE__STATE__DIR=$state FRAUDSCORE__STATE__SNAPSHOT_INTERVAL=$interval \
-exec $PWD/target/release/fraudscore run --config $PWD/config/fraudscore.toml"
+    service=$(service_sut FRAUDSCORE__KAFKA__CONSUMER__STATISTICS_INTERVAL_MS=0 \
+      FRAUDSCORE__STATE__DIR="$state" FRAUDSCORE__STATE__SNAPSHOT_INTERVAL="$interval")
     "$LG" run --brokers "$BROKERS" --rate "$rate" --duration "$DURATION" --customers "$CUSTOMERS" \
       --topic-suffix="-$mode$rate" --bad-ratio 0 --warmup 2s \
       --sut-cmd "$service" --report "$OUT/$mode-$rate" || echo "snapshots $mode at $rate/s: exit $?" >&2

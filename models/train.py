@@ -74,19 +74,13 @@ CANDIDATE_SETS = {
         "terminal_tx_count_1d_delay_7d", "terminal_tx_count_7d_delay_7d", "terminal_tx_count_30d_delay_7d",
         "terminal_risk_1d_delay_7d", "terminal_risk_7d_delay_7d", "terminal_risk_30d_delay_7d",
     ],
-    # + what the labels say about the terminal's current compromise: how old the earliest known
-    # fraud is, and whether the latest label is a fraud (a terminal sees about one transaction a
-    # day, so the 1-day window is mostly empty). Chosen from models/ablation.py's candidates.
-    "book+ratios+terminal+compromise": ALWAYS + [
-        "amount", "hour_of_day", "is_weekend",
-        "customer_tx_count_1d", "customer_tx_count_7d", "customer_tx_count_30d",
-        "customer_avg_amount_1d", "customer_avg_amount_30d",
-        "amount_to_avg_1d", "amount_to_avg_7d", "amount_to_avg_30d",
-        "terminal_tx_count_1d_delay_7d", "terminal_tx_count_7d_delay_7d", "terminal_tx_count_30d_delay_7d",
-        "terminal_risk_1d_delay_7d", "terminal_risk_7d_delay_7d", "terminal_risk_30d_delay_7d",
-        "terminal_fraud_age_30d_delay_7d", "terminal_last_label_fraud_30d_delay_7d",
-    ],
 }
+# + what the labels say about the terminal's current compromise: how old the earliest known fraud
+# is, and whether the latest label is a fraud (a terminal sees about one transaction a day, so the
+# 1-day window is mostly empty). Chosen from models/ablation.py's candidates.
+CANDIDATE_SETS["book+ratios+terminal+compromise"] = CANDIDATE_SETS["book+ratios+terminal"] + [
+    "terminal_fraud_age_30d_delay_7d", "terminal_last_label_fraud_30d_delay_7d",
+]
 
 LGBM_PARAMS = {
     "objective": "binary",

@@ -43,13 +43,9 @@ impl Drop for Killed {
     }
 }
 
-fn get(url: &str) -> (u16, String) {
-    match ureq::get(url)
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-    {
+/// Status and body of a GET, whatever the status; status 0 when nothing answers.
+fn call(request: ureq::RequestBuilder<ureq::typestate::WithoutBody>) -> (u16, String) {
+    match request.config().http_status_as_error(false).build().call() {
         Ok(mut r) => (
             r.status().as_u16(),
             r.body_mut().read_to_string().unwrap_or_default(),
@@ -58,21 +54,14 @@ fn get(url: &str) -> (u16, String) {
     }
 }
 
+fn get(url: &str) -> (u16, String) {
+    call(ureq::get(url))
+}
+
 /// An instant query through Prometheus's HTTP API: the result vector, or the error it reported.
 fn query(prometheus: &str, expr: &str) -> Result<Vec<Value>, String> {
-    let (status, body) = match ureq::get(&format!("http://{prometheus}/api/v1/query"))
-        .query("query", expr)
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-    {
-        Ok(mut r) => (
-            r.status().as_u16(),
-            r.body_mut().read_to_string().unwrap_or_default(),
-        ),
-        Err(e) => return Err(e.to_string()),
-    };
+    let (status, body) =
+        call(ureq::get(&format!("http://{prometheus}/api/v1/query")).query("query", expr));
     let v: Value = serde_json::from_str(&body).map_err(|e| format!("{status} {body}: {e}"))?;
     if v["status"] != "success" {
         return Err(format!("{status}: {}", v["error"]));

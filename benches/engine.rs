@@ -1,5 +1,6 @@
 //! Engine benchmarks on a 1,000,000-customer population: decode + windows + features, and the whole
-//! path with ONNX scoring and output encoding at batch 1 and the default batch.
+//! path with ONNX scoring and output encoding at batch 1 and the default batch (with reason codes
+//! for reviews and declines, for none and for all), and one row's reason codes alone.
 //!
 //! `cargo bench --bench engine`; `BENCH_WARM_DAYS` (default 7) sets how much history is loaded first.
 
@@ -9,10 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fraudscore::engine::{Engine, EngineConfig, Prepared, Scorer, Thresholds, Verdict};
+use fraudscore::engine::{Engine, EngineConfig, Prepared};
+use fraudscore::explain::{ReasonPolicy, ReasonsFor};
 use fraudscore::features::FeatureSpec;
 use fraudscore::model::Model;
 use fraudscore::output;
+use fraudscore::scorer::{Scorer, Verdict};
 use fraudscore::store::Store;
 use fraudscore::time::EventTime;
 
@@ -49,7 +52,10 @@ fn warmed(spec: FeatureSpec) -> (Engine, Stream) {
 }
 
 fn benches(c: &mut Criterion) {
-    let mut scorer = Scorer::new(model(), Thresholds::default());
+    // The model's own thresholds: they set how many transactions are flagged, and so explained.
+    let shipped = model();
+    let thresholds = shipped.thresholds().unwrap_or_default();
+    let mut scorer = Scorer::new(shipped, thresholds);
     let spec = scorer.model().spec().clone();
     eprintln!("features: {:?}", spec.names());
     let (mut engine, mut stream) = warmed(spec);
@@ -74,11 +80,24 @@ fn benches(c: &mut Criterion) {
         let value = br#"{"transaction_id": "tx-1", "customer_id": "c-42", "terminal_id": "t-7", "amount": 57.16, "timestamp": "2026-11-26T03:44:58.123Z"}"#;
         b.iter(|| black_box(fraudscore::decode::decode(None, value, 65536).is_ok()))
     });
-    for batch in [1usize, 64] {
+    // The default reason policy (reviews and declines) at both batch sizes; at the default batch
+    // also none and all, for what reason codes cost.
+    let policies = [
+        (1usize, ReasonsFor::Flagged, ""),
+        (64, ReasonsFor::Flagged, ""),
+        (64, ReasonsFor::None, "_reasons_none"),
+        (64, ReasonsFor::All, "_reasons_all"),
+    ];
+    for (batch, reasons_for, suffix) in policies {
+        scorer = scorer.with_reasons(ReasonPolicy {
+            reasons_for,
+            ..ReasonPolicy::default()
+        });
         let mut prepared: Vec<Prepared> = Vec::with_capacity(batch);
         let mut verdicts: Vec<Verdict> = Vec::with_capacity(batch);
+        let (mut scored, mut explained) = (0u64, 0u64);
         g.throughput(Throughput::Elements(batch as u64));
-        g.bench_function(format!("end_to_end_batch_{batch}"), |b| {
+        g.bench_function(format!("end_to_end_batch_{batch}{suffix}"), |b| {
             b.iter(|| {
                 prepared.clear();
                 while prepared.len() < batch {
@@ -88,17 +107,45 @@ fn benches(c: &mut Criterion) {
                     }
                 }
                 scorer.score(&prepared, &mut verdicts).expect("inference");
+                scored += verdicts.len() as u64;
+                explained += verdicts.iter().filter(|v| !v.reasons.is_empty()).count() as u64;
                 let now = EventTime::now();
-                let version = scorer.model().version();
                 let bytes: usize = prepared
                     .iter()
                     .zip(&verdicts)
-                    .map(|(p, v)| output::scored(engine.spec(), p, Some((*v, version)), now).len())
+                    .map(|(p, v)| output::scored(engine.spec(), p, Some((v, &scorer)), now).len())
                     .sum();
                 black_box(bytes)
             })
         });
+        eprintln!(
+            "  {:.2}% of the transactions explained",
+            100.0 * explained as f64 / scored.max(1) as f64
+        );
     }
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("explain_one_row", |b| {
+        let spec = scorer.model().spec().clone();
+        let explainer = scorer
+            .model()
+            .explainer()
+            .expect("the shipped model has tree covers");
+        let mut rows = Vec::new();
+        for _ in 0..1024 {
+            let (key, value) = stream.next_message();
+            if let Ok(p) = engine.prepare(0, 0, Some(key), value) {
+                spec.model_row(&p.features, &mut rows);
+            }
+        }
+        let width = spec.model_width();
+        let mut phi = Vec::new();
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % (rows.len() / width);
+            explainer.contributions(&rows[i * width..(i + 1) * width], &mut phi);
+            black_box(phi[0])
+        })
+    });
     g.throughput(Throughput::Elements(64));
     g.bench_function("inference_only_batch_64", |b| {
         let rows: Vec<f32> = (0..64 * scorer.model().spec().model_width())

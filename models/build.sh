@@ -9,7 +9,8 @@
 # 3. the engine's offline replay of both, computing every candidate feature -> out/models/features.jsonl;
 # 4. models/train.py: feature-set comparison, book protocol metrics, the shipped model
 #    -> models/fraud.onnx and models/report.json;
-# 5. models/make_fixture.py: the scorer parity fixture -> models/fixtures/model_expected.json.
+# 5. models/make_fixture.py: the parity fixtures -> models/fixtures/model_expected.json (scores)
+#    and models/fixtures/contributions_expected.json (LightGBM's TreeSHAP reason codes).
 #
 # Same inputs, same bytes: run it twice and `git diff` shows nothing. Data stays in the
 # git-ignored out/models/. Runs from any directory; takes a few minutes on 2 cores
@@ -43,11 +44,12 @@ fi
 
 step "training"
 "$PY" models/train.py --transactions "$DATA/transactions.jsonl" --features "$DATA/features.jsonl" \
-    --output models/fraud.onnx --report models/report.json
+    --output models/fraud.onnx --report models/report.json --booster "$DATA/booster.txt"
 
 step "writing the parity fixture"
 "$PY" models/make_fixture.py --model models/fraud.onnx --features "$DATA/features.jsonl" \
-    --output models/fixtures/model_expected.json
+    --output models/fixtures/model_expected.json \
+    --booster "$DATA/booster.txt" --contributions models/fixtures/contributions_expected.json
 
-ls -l models/fraud.onnx models/report.json models/fixtures/model_expected.json >&2
-sha256sum models/fraud.onnx models/fixtures/model_expected.json >&2
+ls -l models/fraud.onnx models/report.json models/fixtures/*.json >&2
+sha256sum models/fraud.onnx models/fixtures/*.json >&2

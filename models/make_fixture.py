@@ -1,4 +1,5 @@
-"""Writes the scorer parity fixture: feature rows and ONNX Runtime's fraud probabilities.
+"""Writes the scorer parity fixtures: feature rows with ONNX Runtime's fraud probabilities, and
+the same rows with LightGBM's exact TreeSHAP contributions (`pred_contrib`).
 
 The Rust scorer must reproduce these probabilities (column 1 of `probabilities`) within
 1e-6 for the same float32 rows. Rows, about 200 in all:
@@ -7,14 +8,19 @@ The Rust scorer must reproduce these probabilities (column 1 of `probabilities`)
     the model, and on the next float32 above it (checks the `<=` of BRANCH_LEQ);
   * rows of the engine's output for the simulated data, spread over the score range.
 
+The engine's reason codes must reproduce the contributions within 1e-5, and with the bias
+(the expected margin) they sum to the margin, log(p / (1 - p)).
+
     python models/make_fixture.py --model models/fraud.onnx --features features.jsonl \
-        --output models/fixtures/model_expected.json
+        --output models/fixtures/model_expected.json \
+        --booster booster.txt --contributions models/fixtures/contributions_expected.json
 """
 
 import argparse
 import hashlib
 import json
 
+import lightgbm as lgb
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -101,6 +107,8 @@ def main():
     parser.add_argument("--model", default="models/fraud.onnx")
     parser.add_argument("--features", required=True, help="engine replay output (JSON lines)")
     parser.add_argument("--output", default="models/fixtures/model_expected.json")
+    parser.add_argument("--booster", help="the shipped booster saved by train.py --booster")
+    parser.add_argument("--contributions", default="models/fixtures/contributions_expected.json")
     args = parser.parse_args()
 
     rng = np.random.default_rng(SEED)
@@ -126,6 +134,31 @@ def main():
         json.dump(fixture, f)
         f.write("\n")
     print(f"wrote {args.output}: {len(rows)} rows, probabilities {probabilities.min():.4f}..{probabilities.max():.4f}")
+    if args.booster:
+        write_contributions(args, names, rows, probabilities)
+
+
+def write_contributions(args, names, rows, probabilities):
+    """LightGBM's pred_contrib for the same float32 rows (LightGBM reads them as doubles, which
+    float32 values are exactly, so its splits see what ONNX Runtime sees)."""
+    booster = lgb.Booster(model_file=args.booster)
+    contributions = booster.predict(rows.astype(np.float64), pred_contrib=True)
+    margins = booster.predict(rows.astype(np.float64), raw_score=True)
+    assert np.allclose(contributions.sum(axis=1), margins, atol=1e-9)
+    assert np.allclose(1 / (1 + np.exp(-margins)), probabilities, atol=1e-5)
+    fixture = {
+        "model": args.model,
+        "model_sha256": sha256_file(args.model),
+        "features": names,
+        "rows": [[float(v) for v in row] for row in rows],
+        "contributions": [[float(c) for c in row[:-1]] for row in contributions],
+        "bias": [float(row[-1]) for row in contributions],
+        "margins": [float(m) for m in margins],
+    }
+    with open(args.contributions, "w") as f:
+        json.dump(fixture, f)
+        f.write("\n")
+    print(f"wrote {args.contributions}: {len(rows)} rows, bias {contributions[0, -1]:.6f}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ Steps, each a function below:
   3. train the shipped model on a longer history (2018-05-01..07-31, still before the delay
      and the test week), evaluate it on the same test week;
   4. export it to ONNX (one float32 input `features` [N, n_features], one output
-     `probabilities` [N, 2]) with metadata, and write a JSON report.
+     `probabilities` [N, 2]) with metadata (features, version, thresholds, and the node
+     covers the engine's reason codes need), and write a JSON report.
 
 Everything is deterministic: fixed seeds, one thread, deterministic LightGBM.
 
@@ -331,11 +332,12 @@ def float32_exact_booster(booster):
     return lgb.Booster(model_str="\n".join(lines) + "\n")
 
 
-def to_onnx(model, names):
+def to_onnx(model, names, booster=None):
     """Converts a fitted LGBMClassifier to ONNX with input `features` and the single output
-    `probabilities` (the converter's `label` output is dropped from the graph outputs)."""
+    `probabilities` (the converter's `label` output is dropped from the graph outputs).
+    `booster`, if given, is the model's float32_exact_booster, already made."""
     onx = convert_lightgbm(
-        float32_exact_booster(model.booster_),
+        booster or float32_exact_booster(model.booster_),
         initial_types=[("features", FloatTensorType([None, len(names)]))],
         zipmap=False,
         target_opset=ONNX_OPSET,
@@ -348,6 +350,46 @@ def to_onnx(model, names):
     prune_dead_nodes(onx.graph)
     onx.graph.name = "fraudscore"  # the converter names the graph with a random uuid
     return onx
+
+
+def tree_covers(booster, onx):
+    """The training-row count behind every node of the ONNX tree ensemble, per tree and in
+    ONNX node-id order: what TreeSHAP weighs paths by, and what ONNX does not store.
+
+    Walks each ONNX tree beside the booster's tree from the root (BRANCH_LEQ's true branch is
+    LightGBM's left child) and checks that features, thresholds and leaf values agree, so a
+    converter that numbered or oriented nodes differently fails here, not in a reason code."""
+    ensemble = next(n for n in onx.graph.node if n.op_type.startswith("TreeEnsemble"))
+    a = {x.name: x for x in ensemble.attribute}
+    nodes = {}
+    for i, (tree, node) in enumerate(zip(a["nodes_treeids"].ints, a["nodes_nodeids"].ints)):
+        nodes[(tree, node)] = i
+    leaf_weight = {(t, n): w for t, n, w in zip(a["class_treeids"].ints, a["class_nodeids"].ints, a["class_weights"].floats)}
+    trees = booster.dump_model()["tree_info"]
+    covers = []
+    for t, info in enumerate(trees):
+        size = sum(1 for (tree, _) in nodes if tree == t)
+        cover = [None] * size
+
+        def walk(node_id, lgb_node):
+            i = nodes[(t, node_id)]
+            if "leaf_value" in lgb_node or "split_index" not in lgb_node:
+                assert a["nodes_modes"].strings[i] == b"LEAF", (t, node_id)
+                assert np.float32(leaf_weight[(t, node_id)]) == np.float32(lgb_node["leaf_value"]), (t, node_id)
+                cover[node_id] = int(lgb_node.get("leaf_count", 0))
+                return
+            assert a["nodes_modes"].strings[i] == b"BRANCH_LEQ" and lgb_node["decision_type"] == "<=", (t, node_id)
+            assert a["nodes_featureids"].ints[i] == lgb_node["split_feature"], (t, node_id)
+            assert np.float32(a["nodes_values"].floats[i]) == np.float32(lgb_node["threshold"]), (t, node_id)
+            cover[node_id] = int(lgb_node["internal_count"])
+            walk(a["nodes_truenodeids"].ints[i], lgb_node["left_child"])
+            walk(a["nodes_falsenodeids"].ints[i], lgb_node["right_child"])
+
+        walk(0, info["tree_structure"])
+        assert None not in cover, f"tree {t}: ONNX nodes the booster's tree does not reach"
+        covers.append(cover)
+    assert len(covers) == len({tree for (tree, _) in nodes})
+    return covers
 
 
 def prune_dead_nodes(graph):
@@ -449,7 +491,7 @@ def plot_thresholds(scores, y, chosen, path):
     plt.close(fig)
 
 
-def add_metadata(onx, names, training_sha, metrics, thresholds):
+def add_metadata(onx, names, training_sha, metrics, thresholds, covers):
     """Writes the fraudscore.* metadata properties the engine and the reports read."""
     fingerprint = hashlib.sha256(
         json.dumps({"data": training_sha, "features": names, "params": LGBM_PARAMS, "train": SHIPPED_TRAIN}, sort_keys=True).encode()
@@ -461,6 +503,7 @@ def add_metadata(onx, names, training_sha, metrics, thresholds):
         "fraudscore.training_data_sha256": training_sha,
         "fraudscore.metrics": json.dumps(metrics, sort_keys=True),
         "fraudscore.thresholds": json.dumps(thresholds, sort_keys=True),
+        "fraudscore.tree_covers": json.dumps({"count": "training rows", "trees": covers}, separators=(",", ":")),
     }
     del onx.metadata_props[:]
     for key, value in props.items():
@@ -477,6 +520,8 @@ def main():
     parser.add_argument("--output", default="models/fraud.onnx")
     parser.add_argument("--report", default="models/report.json")
     parser.add_argument("--plot", default="models/thresholds.svg")
+    parser.add_argument("--booster", help="also save the shipped booster (LightGBM text, float32 thresholds) here, "
+                                          "for make_fixture.py's contribution parity rows")
     args = parser.parse_args()
 
     all_names = list(dict.fromkeys(n for names in CANDIDATE_SETS.values() for n in names))
@@ -501,7 +546,8 @@ def main():
     day = data["day"].to_numpy()
     shipped_train = (day >= day_index(SHIPPED_TRAIN[0])) & (day < day_index(SHIPPED_TRAIN[1]))
     shipped_model = fit(data, shipped_train, names)
-    onx = to_onnx(shipped_model, names)
+    booster = float32_exact_booster(shipped_model.booster_)
+    onx = to_onnx(shipped_model, names, booster)
     shipped = evaluate(data[test], onnx_scores(onx, data.loc[test, names].to_numpy()))
     print(f"shipped model on the protocol test week (ONNX): {shipped}")
 
@@ -519,9 +565,11 @@ def main():
                                   data.loc[test_week, "is_fraud"].to_numpy())
     print(f"thresholds: {thresholds}")
     plot_thresholds(week_scores, week_y, thresholds, args.plot)
-    version = add_metadata(onx, names, training_sha, metrics, thresholds)
+    version = add_metadata(onx, names, training_sha, metrics, thresholds, tree_covers(booster, onx))
     onnx.checker.check_model(onx, full_check=True)
     onnx.save(onx, args.output)
+    if args.booster:
+        booster.save_model(args.booster)
 
     report = {
         "model_version": version,

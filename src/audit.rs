@@ -38,6 +38,8 @@ pub enum AuditError {
     Kafka(#[from] KafkaError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("model.shadow: {0}")]
+    Shadow(#[from] crate::features::FeatureError),
     #[error("reading {topic}: no message for {STALL:?} before its end")]
     Stalled { topic: String },
 }
@@ -85,10 +87,16 @@ pub fn run(opts: &AuditOptions) -> Result<AuditReport, AuditError> {
     let (mut inputs, partitions) = read_to_end(config, &config.kafka.input_topic)?;
     inputs.sort_by_key(|(p, o, _, _)| (*p, *o));
     let model = Model::load(&config.model.path, 1)?;
+    // The outputs hold a shadow model's features too.
+    let shadow = match &config.model.shadow {
+        Some(path) => Some(Model::load(path, 1)?),
+        None => None,
+    };
+    let spec = crate::scorer::served(&model, shadow.as_ref())?;
     let engine_config = config.engine.engine_config(partitions != 1);
     // Labels count from their labelled_at on, so all can be known up front, kept however old.
     let terminals = Arc::new(Terminals::new(i64::MAX / 4));
-    if !model.spec().terminal_windows().is_empty() {
+    if !spec.terminal_windows().is_empty() {
         let (labels, _) = read_to_end(config, &config.labels.topic)?;
         let labels = labels
             .iter()
@@ -112,8 +120,7 @@ pub fn run(opts: &AuditOptions) -> Result<AuditReport, AuditError> {
             Store::default()
         }
     };
-    let mut engine = Engine::new(model.spec().clone(), &engine_config, Arc::new(store))
-        .with_terminals(terminals);
+    let mut engine = Engine::new(spec, &engine_config, Arc::new(store)).with_terminals(terminals);
     // Transaction id → (features as the output writes them, timestamp): the first scoring only,
     // as a re-delivery is scored from the state like the original.
     let mut reference: HashMap<String, (Value, i64)> = HashMap::new();

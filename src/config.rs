@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::engine::{EngineConfig, ThresholdOverrides, Thresholds};
+use crate::explain::{ReasonPolicy, ReasonsFor};
 
 pub const ENV_PREFIX: &str = "FRAUDSCORE__";
 const PROPERTY_TABLES: [&str; 3] = ["common", "consumer", "producer"];
@@ -130,9 +131,30 @@ pub struct ModelConfig {
     pub review_threshold: Option<f32>,
     #[serde(default)]
     pub decline_threshold: Option<f32>,
+    /// A candidate model scored beside `path` on the same feature rows; its score and decision
+    /// go into the output (`shadow_*` fields) and never into `decision`.
+    #[serde(default)]
+    pub shadow: Option<PathBuf>,
+    /// Which outputs carry `reasons` (TreeSHAP reason codes): "flagged" (review and decline), "all" or "none".
+    #[serde(default)]
+    pub reasons: ReasonsFor,
+    /// How many features each `reasons` lists, largest contribution first.
+    #[serde(default = "default_reasons_top")]
+    pub reasons_top: usize,
+}
+
+fn default_reasons_top() -> usize {
+    ReasonPolicy::default().top
 }
 
 impl ModelConfig {
+    pub fn reason_policy(&self) -> ReasonPolicy {
+        ReasonPolicy {
+            reasons_for: self.reasons,
+            top: self.reasons_top,
+        }
+    }
+
     pub fn thresholds(&self) -> ThresholdOverrides {
         ThresholdOverrides {
             review: self.review_threshold,

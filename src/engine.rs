@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use crate::decode::{self, CustomerId, RejectReason, Rejection, Transaction};
 use crate::features::{FeatureSpec, Features};
-use crate::model::{Model, ModelError};
 use crate::store::Store;
 use crate::terminals::{TerminalStats, Terminals};
 use crate::time::EventTime;
@@ -333,54 +332,6 @@ impl Thresholds {
         } else {
             Decision::Approve
         }
-    }
-}
-
-/// A model's verdict on one transaction.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Verdict {
-    pub score: f32,
-    pub decision: Decision,
-}
-
-/// The model and the thresholds: turns a batch of prepared transactions into verdicts.
-pub struct Scorer {
-    model: Model,
-    thresholds: Thresholds,
-    scores: Vec<f32>,
-}
-
-impl Scorer {
-    pub fn new(model: Model, thresholds: Thresholds) -> Scorer {
-        Scorer {
-            model,
-            thresholds,
-            scores: Vec::new(),
-        }
-    }
-
-    pub fn model(&self) -> &Model {
-        &self.model
-    }
-
-    pub fn thresholds(&self) -> Thresholds {
-        self.thresholds
-    }
-
-    /// One inference call for the whole batch.
-    pub fn score(
-        &mut self,
-        batch: &[Prepared],
-        verdicts: &mut Vec<Verdict>,
-    ) -> Result<(), ModelError> {
-        self.model
-            .score_features(batch.iter().map(|p| &p.features), &mut self.scores)?;
-        verdicts.clear();
-        verdicts.extend(self.scores.iter().map(|&score| Verdict {
-            score,
-            decision: self.thresholds.decide(score),
-        }));
-        Ok(())
     }
 }
 

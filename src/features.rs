@@ -147,6 +147,16 @@ pub struct FeatureSpec {
 impl FeatureSpec {
     /// The spec for a model taking `model_features`, in that order.
     pub fn for_model<S: AsRef<str>>(model_features: &[S]) -> Result<FeatureSpec, FeatureError> {
+        FeatureSpec::for_models(model_features, &[] as &[S])
+    }
+
+    /// The spec for a model taking `model_features`, also computing `also` (a shadow model's
+    /// features): those the model does not take come after its own, so that the model's columns
+    /// are the same as in its own spec.
+    pub fn for_models<S: AsRef<str>>(
+        model_features: &[S],
+        also: &[S],
+    ) -> Result<FeatureSpec, FeatureError> {
         let mut names: Vec<String> = ALWAYS.iter().map(|s| s.to_string()).collect();
         let mut model_columns = Vec::with_capacity(model_features.len());
         for (i, name) in model_features.iter().enumerate() {
@@ -162,6 +172,11 @@ impl FeatureSpec {
                 }
             };
             model_columns.push(column);
+        }
+        for name in also {
+            if !names.iter().any(|n| n == name.as_ref()) {
+                names.push(name.as_ref().to_string());
+            }
         }
         let features = names
             .iter()
@@ -220,6 +235,26 @@ impl FeatureSpec {
     pub fn longest_window(&self) -> WindowLen {
         // ALWAYS holds windowed features, so `windows` is never empty.
         self.windows.last().copied().unwrap_or(WindowLen::SHORTEST)
+    }
+
+    /// Where each of `model_features` is in this spec's [`Features`]; None when one is not computed.
+    pub fn columns_of<S: AsRef<str>>(&self, model_features: &[S]) -> Option<Vec<usize>> {
+        model_features
+            .iter()
+            .map(|f| self.names.iter().position(|n| n == f.as_ref()))
+            .collect()
+    }
+
+    /// The model's input names, in its column order.
+    pub fn model_names(&self) -> impl Iterator<Item = &str> {
+        self.model_columns.iter().map(|&c| self.names[c].as_str())
+    }
+
+    /// The name of the model's input column `column`.
+    pub fn model_name(&self, column: usize) -> &str {
+        self.model_columns
+            .get(column)
+            .map_or("", |&c| self.names[c].as_str())
     }
 
     pub fn model_width(&self) -> usize {
@@ -321,6 +356,33 @@ impl Serialize for NamedFeatures<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shadow's features come after the model's, so the model's columns do not move.
+    #[test]
+    fn a_spec_for_two_models_keeps_the_first_models_columns() {
+        let main = ["amount", "customer_tx_count_1h"];
+        let shadow = [
+            "customer_tx_count_1h",
+            "is_weekend",
+            "customer_avg_amount_7d",
+        ];
+        let alone = FeatureSpec::for_model(&main).unwrap();
+        let both = FeatureSpec::for_models(&main, &shadow).unwrap();
+        assert_eq!(
+            both.names(),
+            [
+                "customer_tx_count_10m",
+                "customer_avg_amount_7d",
+                "amount",
+                "customer_tx_count_1h",
+                "is_weekend"
+            ]
+        );
+        assert_eq!(both.model_names().collect::<Vec<_>>(), main);
+        assert_eq!(both.columns_of(&main), alone.columns_of(&main));
+        assert_eq!(both.columns_of(&shadow), Some(vec![3, 4, 1]));
+        assert_eq!(alone.columns_of(&shadow), None);
+    }
 
     #[test]
     fn spec_puts_always_features_first_and_maps_model_columns() {

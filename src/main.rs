@@ -12,6 +12,7 @@ use fraudscore::audit::AuditOptions;
 use fraudscore::config::{Config, LogFormat};
 use fraudscore::demo::DemoOptions;
 use fraudscore::engine::ThresholdOverrides;
+use fraudscore::explain::{ReasonPolicy, ReasonsFor};
 use fraudscore::replay::ReplayOptions;
 use fraudscore::service::Service;
 
@@ -128,6 +129,23 @@ struct ReplayArgs {
     /// Overrides the model's decline threshold.
     #[arg(long)]
     decline_threshold: Option<f32>,
+    /// Which outputs carry `reasons` (TreeSHAP reason codes), as `model.reasons` in the service.
+    #[arg(long, value_enum, default_value = "flagged")]
+    reasons: ReasonsArg,
+    /// Also score with this model, as `model.shadow` in the service: its score and decision go
+    /// into `shadow_score`, `shadow_decision` and `shadow_model_version`, never into `decision`.
+    #[arg(long, requires = "model")]
+    shadow: Option<PathBuf>,
+    /// Features per `reasons`, largest contribution first.
+    #[arg(long, default_value_t = ReasonPolicy::default().top)]
+    reasons_top: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReasonsArg {
+    Flagged,
+    All,
+    None,
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -229,6 +247,15 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         thresholds: ThresholdOverrides {
             review: args.review_threshold,
             decline: args.decline_threshold,
+        },
+        shadow: args.shadow,
+        reasons: ReasonPolicy {
+            reasons_for: match args.reasons {
+                ReasonsArg::Flagged => ReasonsFor::Flagged,
+                ReasonsArg::All => ReasonsFor::All,
+                ReasonsArg::None => ReasonsFor::None,
+            },
+            top: args.reasons_top,
         },
     };
     let started = Instant::now();

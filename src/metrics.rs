@@ -50,6 +50,8 @@ pub struct Metrics {
     pub terminal_labels: IntGauge,
     pub labelled_decisions: IntCounterVec,
     pub decisions: IntCounterVec,
+    /// Only with `model.shadow`: its decisions beside the model's.
+    pub shadow_decisions: IntCounterVec,
     pub score: Histogram,
 }
 
@@ -286,6 +288,14 @@ impl Metrics {
             &["decision"],
         )
         .expect("valid metric");
+        let shadow_decisions = IntCounterVec::new(
+            Opts::new(
+                "fraudscore_shadow_decisions_total",
+                "With a shadow model (model.shadow): scored transactions by the decision given and the one the shadow would have given; where the two differ, the models disagree",
+            ),
+            &["decision", "shadow_decision"],
+        )
+        .expect("valid metric");
         let score = Histogram::with_opts(
             HistogramOpts::new(
                 "fraudscore_score",
@@ -329,6 +339,7 @@ impl Metrics {
             Box::new(terminal_labels.clone()),
             Box::new(labelled_decisions.clone()),
             Box::new(decisions.clone()),
+            Box::new(shadow_decisions.clone()),
             Box::new(score.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -394,6 +405,7 @@ impl Metrics {
             terminal_labels,
             labelled_decisions,
             decisions,
+            shadow_decisions,
             score,
         }
     }

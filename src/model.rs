@@ -7,6 +7,7 @@ use ort::session::Session;
 use ort::value::{TensorRef, ValueType};
 
 use crate::engine::Thresholds;
+use crate::explain::{ExplainError, Explainer, Reason, META_COVERS};
 use crate::features::{FeatureError, FeatureSpec};
 
 /// The ONNX Runtime build this service is tested with, from the PyPI wheel `onnxruntime==1.31.1`.
@@ -42,6 +43,8 @@ pub enum ModelError {
     Feature { path: PathBuf, source: FeatureError },
     #[error("model {path}: {message}")]
     Shape { path: PathBuf, message: String },
+    #[error("model {path}: reading its trees for reason codes: {source}")]
+    Explain { path: PathBuf, source: ExplainError },
     #[error("inference failed: {0}")]
     Inference(String),
 }
@@ -123,7 +126,14 @@ pub struct Model {
     thresholds: Option<Thresholds>,
     /// Column of the fraud class in the probability output, or None when the output is one score per row.
     fraud_column: Option<usize>,
+    /// The tree ensemble for reason codes, when the model carries its covers.
+    explainer: Option<Explainer>,
+    /// Where each input is in the [`Features`](crate::features::Features) it is given: in its
+    /// own spec's, or in the engine's when it computes more (see [`Model::bind`]).
+    columns: Vec<usize>,
+    /// The rows of the last batch scored by [`Model::score_features`].
     row: Vec<f32>,
+    phi: Vec<f64>,
 }
 
 impl std::fmt::Debug for Model {
@@ -132,6 +142,7 @@ impl std::fmt::Debug for Model {
             .field("version", &self.version)
             .field("thresholds", &self.thresholds)
             .field("features", &self.spec.names())
+            .field("explains", &self.explainer.is_some())
             .finish()
     }
 }
@@ -179,7 +190,22 @@ impl Model {
                 path: path.to_path_buf(),
                 message,
             })?;
+        let covers = metadata.custom(META_COVERS);
         drop(metadata);
+        let explain_err = |source: ExplainError| ModelError::Explain {
+            path: path.to_path_buf(),
+            source,
+        };
+        let explainer = match covers {
+            None => None,
+            Some(covers) => {
+                let bytes = std::fs::read(path).map_err(|e| ModelError::Load {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+                Some(Explainer::from_onnx(&bytes, &covers, names.len()).map_err(explain_err)?)
+            }
+        };
 
         let shape_err = |message: String| ModelError::Shape {
             path: path.to_path_buf(),
@@ -229,12 +255,46 @@ impl Model {
         };
         Ok(Model {
             session,
-            spec,
             version,
             thresholds,
             fraud_column,
+            explainer,
+            columns: spec.columns_of(&names).unwrap_or_default(),
+            spec,
             row: Vec::new(),
+            phi: Vec::new(),
         })
+    }
+
+    /// Takes its inputs from the features of `engine` (a spec computing at least this model's
+    /// features, and maybe more for another model); false, and unchanged, if one is missing.
+    pub fn bind(&mut self, engine: &FeatureSpec) -> bool {
+        let names: Vec<&str> = self.spec.model_names().collect();
+        match engine.columns_of(&names) {
+            Some(columns) => {
+                self.columns = columns;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The tree ensemble behind the reason codes; None for a model without covers.
+    pub fn explainer(&self) -> Option<&Explainer> {
+        self.explainer.as_ref()
+    }
+
+    /// The `top` features that moved row `i` of the last [`score_features`](Self::score_features)
+    /// batch the most (by absolute contribution); empty for a model that cannot explain.
+    pub fn reasons(&mut self, i: usize, top: usize) -> Vec<Reason> {
+        let width = self.spec.model_width();
+        let (Some(explainer), Some(row)) =
+            (&self.explainer, self.row.get(i * width..(i + 1) * width))
+        else {
+            return Vec::new();
+        };
+        explainer.contributions(row, &mut self.phi);
+        crate::explain::top_reasons(row, &self.phi, top)
     }
 
     /// The review and decline thresholds the model was built with, if it declares them.
@@ -287,7 +347,7 @@ impl Model {
         let mut row = std::mem::take(&mut self.row);
         row.clear();
         for f in batch {
-            self.spec.model_row(f, &mut row);
+            row.extend(self.columns.iter().map(|&c| f.values()[c] as f32));
         }
         let r = self.score(&row, scores);
         self.row = row;

@@ -6,8 +6,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use serde::Serialize;
 
 use crate::decode::Rejection;
-use crate::engine::{Decision, Prepared, Verdict};
+use crate::engine::{Decision, Prepared};
+use crate::explain::Reason;
 use crate::features::{FeatureSpec, NamedFeatures};
+use crate::scorer::{Scorer, Verdict};
 use crate::time::EventTime;
 
 #[derive(Serialize)]
@@ -25,19 +27,50 @@ struct Scored<'a> {
     decision: Option<Decision>,
     #[serde(skip_serializing_if = "Option::is_none")]
     model_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasons: Option<NamedReasons<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_score: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_decision: Option<Decision>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_model_version: Option<&'a str>,
     scored_at: String,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     duplicate: bool,
+}
+
+/// `[{"feature", "value", "contribution"}, ...]`, the model's column names spelled out.
+struct NamedReasons<'a> {
+    spec: &'a FeatureSpec,
+    reasons: &'a [Reason],
+}
+
+impl Serialize for NamedReasons<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Named<'a> {
+            feature: &'a str,
+            value: f32,
+            contribution: f32,
+        }
+        s.collect_seq(self.reasons.iter().map(|r| Named {
+            feature: self.spec.model_name(r.column),
+            value: r.value,
+            contribution: r.contribution,
+        }))
+    }
 }
 
 /// The output value for one transaction; without a verdict (features-only replay) the score fields are left out.
 pub fn scored(
     spec: &FeatureSpec,
     prepared: &Prepared,
-    verdict: Option<(Verdict, &str)>,
+    verdict: Option<(&Verdict, &Scorer)>,
     scored_at: EventTime,
 ) -> Vec<u8> {
     let t = &prepared.transaction;
+    let shadow = verdict.and_then(|(v, _)| v.shadow);
     let record = Scored {
         transaction_id: &t.transaction_id,
         customer_id: t.customer_id.as_str(),
@@ -47,7 +80,18 @@ pub fn scored(
         features: spec.named(&prepared.features),
         score: verdict.map(|(v, _)| v.score),
         decision: verdict.map(|(v, _)| v.decision),
-        model_version: verdict.map(|(_, version)| version),
+        model_version: verdict.map(|(_, scorer)| scorer.model().version()),
+        reasons: verdict
+            .filter(|(v, _)| !v.reasons.is_empty())
+            .map(|(v, _)| NamedReasons {
+                spec,
+                reasons: &v.reasons,
+            }),
+        shadow_score: shadow.map(|s| s.score),
+        shadow_decision: shadow.map(|s| s.decision),
+        shadow_model_version: shadow
+            .and(verdict.and_then(|(_, scorer)| scorer.shadow()))
+            .map(|m| m.version()),
         scored_at: scored_at.to_string(),
         duplicate: prepared.duplicate,
     };

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use crate::decode::{self, Label};
 use crate::engine::{
-    Engine, EngineConfig, Prepared, Scorer, ThresholdError, ThresholdOverrides, Thresholds, Verdict,
+    Engine, EngineConfig, Prepared, ThresholdError, ThresholdOverrides, Thresholds,
 };
+use crate::explain::ReasonPolicy;
 use crate::features::{FeatureError, FeatureSpec};
 use crate::model::{Model, ModelError};
 use crate::output;
+use crate::scorer::{Scorer, Verdict};
 use crate::store::Store;
 use crate::terminals::Terminals;
 use crate::time::EventTime;
@@ -60,6 +62,9 @@ pub struct ReplayOptions {
     pub allowed_lateness: Duration,
     /// Unset: the model's own.
     pub thresholds: ThresholdOverrides,
+    pub reasons: ReasonPolicy,
+    /// A model scored beside `model`, as `model.shadow` in the service.
+    pub shadow: Option<PathBuf>,
 }
 
 /// Builds the engine (and scorer) the options ask for and replays the input file.
@@ -71,12 +76,16 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         Some(path) => {
             let model = Model::load(path, 1)?;
             let thresholds = Thresholds::resolve(model.thresholds(), opts.thresholds)?;
-            Some(Scorer::new(model, thresholds))
+            let scorer = Scorer::new(model, thresholds).with_reasons(opts.reasons);
+            Some(match &opts.shadow {
+                Some(path) => scorer.with_shadow(Model::load(path, 1)?)?,
+                None => scorer,
+            })
         }
         None => None,
     };
     let spec = match &scorer {
-        Some(s) => s.model().spec().clone(),
+        Some(s) => FeatureSpec::clone(s.spec()),
         None => FeatureSpec::for_model(&opts.features)?,
     };
     let config = EngineConfig {
@@ -272,9 +281,8 @@ fn flush(
     match scorer {
         Some(scorer) => {
             scorer.score(batch, verdicts)?;
-            let version = scorer.model().version();
             for (p, v) in batch.iter().zip(verdicts.iter()) {
-                out.write_all(&output::scored(engine.spec(), p, Some((*v, version)), now))?;
+                out.write_all(&output::scored(engine.spec(), p, Some((v, &*scorer)), now))?;
                 out.write_all(b"\n")?;
             }
         }

@@ -11,10 +11,11 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::engine::{Scorer, ThresholdError, Thresholds};
+use crate::engine::{ThresholdError, Thresholds};
 use crate::metrics::Metrics;
 use crate::model::{Model, ModelError};
 use crate::pipeline::{Pipeline, PipelineError};
+use crate::scorer::Scorer;
 use crate::shared::Shared;
 use crate::store::Store;
 use crate::terminals::Terminals;
@@ -25,6 +26,8 @@ pub enum StartError {
     Model(#[from] ModelError),
     #[error("decision thresholds (config model.*_threshold over the model's own): {0}")]
     Thresholds(#[from] ThresholdError),
+    #[error("model.shadow: {0}")]
+    Shadow(#[from] crate::features::FeatureError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error("HTTP listener on {addr}: {source}")]
@@ -91,8 +94,21 @@ impl Service {
             from_model = ?model.thresholds(),
             "model loaded"
         );
-        let spec = Arc::new(model.spec().clone());
-        let scorer = Scorer::new(model, thresholds);
+        let scorer = Scorer::new(model, thresholds).with_reasons(config.model.reason_policy());
+        let scorer = match &config.model.shadow {
+            Some(path) => {
+                let shadow = Model::load(path, config.model.intra_threads)?;
+                info!(
+                    shadow = %path.display(),
+                    version = shadow.version(),
+                    features = ?shadow.spec().names(),
+                    "shadow model loaded: scored beside the model, never deciding"
+                );
+                scorer.with_shadow(shadow)?
+            }
+            None => scorer,
+        };
+        let spec = scorer.spec().clone();
         let store = if config.state.snapshots() {
             Store::with_seed(crate::snapshot::state_seed(&config.state.dir)?)
         } else {

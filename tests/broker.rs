@@ -1056,6 +1056,51 @@ fn labels_change_later_scores_on_every_instance_and_the_replay_agrees() {
     assert_features_exact(&brokers, &names);
 }
 
+/// Sends SIGHUP to the service.
+fn hup(service: &Instance) {
+    Command::new("kill")
+        .args(["-HUP", &service.child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+/// Waits until the service's `metric` reaches `value`.
+fn wait_for_metric(service: &Instance, metric: &str, value: f64) {
+    let start = Instant::now();
+    while service.metric(metric) < value {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{metric} never reached {value}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends 40 transactions of 8 customers with ids starting with `prefix`, and returns their
+/// outputs once all `sent` inputs so far have one.
+fn score_round(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    brokers: &str,
+    names: &Names,
+    prefix: &str,
+    sent: &mut usize,
+) -> Vec<Value> {
+    for (key, value) in workload(prefix, 40, 8) {
+        send(p, &names.input, Some(&key), &value);
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    *sent += 40;
+    let (scored, dlq) = read_outputs(brokers, names, Duration::from_secs(60), |s, d| {
+        s.len() + d.len() >= *sent
+    });
+    assert!(dlq.is_empty());
+    scored
+        .iter()
+        .map(json)
+        .filter(|v| v["transaction_id"].as_str().unwrap().starts_with(prefix))
+        .collect()
+}
+
 /// SIGHUP swaps in a new model between two batches, once it passed its checks; a file that fails
 /// them is refused and the running model keeps scoring.
 #[test]
@@ -1068,53 +1113,24 @@ fn sighup_swaps_in_a_checked_model_and_a_bad_one_changes_nothing() {
     let model_env = model.display().to_string();
     let service = Instance::start(&brokers, &names, &[("FRAUDSCORE__MODEL__PATH", &model_env)]);
     let shipped = Model::load(&model, 1).unwrap().version().to_string();
-    let hup = || {
-        Command::new("kill")
-            .args(["-HUP", &service.child.id().to_string()])
-            .status()
-            .unwrap();
-    };
-    let wait_for = |metric: &str, value: f64| {
-        let start = Instant::now();
-        while service.metric(metric) < value {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{metric} never reached {value}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     let p = producer(&brokers);
     let mut sent = 0;
-    // Sends a round of transactions and returns the model version of each of its outputs.
-    let mut round = |prefix: &str| -> Vec<(String, Value)> {
-        for (key, value) in workload(prefix, 40, 8) {
-            send(&p, &names.input, Some(&key), &value);
-        }
-        p.flush(Duration::from_secs(10)).unwrap();
-        sent += 40;
-        let (scored, dlq) = read_outputs(&brokers, &names, Duration::from_secs(60), |s, d| {
-            s.len() + d.len() >= sent
-        });
-        assert!(dlq.is_empty());
-        scored
-            .iter()
-            .map(json)
-            .filter(|v| v["transaction_id"].as_str().unwrap().starts_with(prefix))
-            .map(|v| (v["model_version"].as_str().unwrap().to_string(), v))
-            .collect()
-    };
-    let before = round("before");
+    let version = |v: &Value| v["model_version"].as_str().unwrap().to_string();
+    let before = score_round(&p, &brokers, &names, "before", &mut sent);
     assert_eq!(before.len(), 40);
-    assert!(before.iter().all(|(version, _)| *version == shipped));
+    assert!(before.iter().all(|v| version(v) == shipped));
 
     // Not a model: refused, and the shipped model goes on scoring.
     std::fs::write(&model, b"not an ONNX model").unwrap();
-    hup();
-    wait_for("fraudscore_model_reloads_total{result=\"refused\"}", 1.0);
-    let refused = round("refused");
+    hup(&service);
+    wait_for_metric(
+        &service,
+        "fraudscore_model_reloads_total{result=\"refused\"}",
+        1.0,
+    );
+    let refused = score_round(&p, &brokers, &names, "refused", &mut sent);
     assert_eq!(refused.len(), 40);
-    assert!(refused.iter().all(|(version, _)| *version == shipped));
+    assert!(refused.iter().all(|v| version(v) == shipped));
     assert_eq!(
         service.metric("fraudscore_model_reloads_total{result=\"ok\"}"),
         0.0
@@ -1123,12 +1139,16 @@ fn sighup_swaps_in_a_checked_model_and_a_bad_one_changes_nothing() {
     // Another valid model: swapped in; every later output is its, with its features.
     std::fs::copy(root().join("tests/data/tiny.onnx"), &model).unwrap();
     let tiny = Model::load(&model, 1).unwrap();
-    hup();
-    wait_for("fraudscore_model_reloads_total{result=\"ok\"}", 1.0);
-    let after = round("after");
+    hup(&service);
+    wait_for_metric(
+        &service,
+        "fraudscore_model_reloads_total{result=\"ok\"}",
+        1.0,
+    );
+    let after = score_round(&p, &brokers, &names, "after", &mut sent);
     assert_eq!(after.len(), 40);
-    for (version, v) in &after {
-        assert_eq!(version, tiny.version(), "{v}");
+    for v in &after {
+        assert_eq!(version(v), tiny.version(), "{v}");
         let names: Vec<&String> = v["features"].as_object().unwrap().keys().collect();
         assert_eq!(names.len(), tiny.spec().names().len(), "{v}");
     }
@@ -1144,4 +1164,92 @@ fn sighup_swaps_in_a_checked_model_and_a_bad_one_changes_nothing() {
         0.0,
         "the old model is no longer shown"
     );
+}
+
+/// `model.shadow`: a candidate scored on the same feature rows as the model in use, by its own
+/// thresholds, never deciding; the engine computes both models' features. After the model in
+/// use is reloaded (here to the shadow's own file), both are served from the features they
+/// need, so the two scores of every transaction are then the same.
+#[test]
+fn a_shadow_model_is_scored_beside_the_model_and_through_a_reload() {
+    let Some(brokers) = broker() else { return };
+    let names = fresh(&brokers, "shadow");
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(root().join("tests/data/tiny.onnx"), &model).unwrap();
+    let (model_env, shadow_env) = (
+        model.display().to_string(),
+        model_path().display().to_string(),
+    );
+    let service = Instance::start(
+        &brokers,
+        &names,
+        &[
+            ("FRAUDSCORE__MODEL__PATH", &model_env),
+            ("FRAUDSCORE__MODEL__SHADOW", &shadow_env),
+        ],
+    );
+    let tiny = Model::load(&model, 1).unwrap();
+    let shadow = Model::load(&model_path(), 1).unwrap();
+    let shadow_thresholds = shadow.thresholds().unwrap();
+    let decide = |score: f64, review: f32, decline: f32| match score as f32 {
+        s if s >= decline => "decline",
+        s if s >= review => "review",
+        _ => "approve",
+    };
+    let p = producer(&brokers);
+    let mut sent = 0;
+    let before = score_round(&p, &brokers, &names, "before", &mut sent);
+    assert_eq!(before.len(), 40);
+    for v in &before {
+        assert_eq!(v["model_version"], tiny.version(), "{v}");
+        assert_eq!(v["shadow_model_version"], shadow.version(), "{v}");
+        // The decision is the model's, by its thresholds (tiny.onnx has none: 0.5 and 0.9).
+        assert_eq!(
+            v["decision"],
+            decide(v["score"].as_f64().unwrap(), 0.5, 0.9),
+            "{v}"
+        );
+        let shadow_score = v["shadow_score"].as_f64().unwrap();
+        assert_eq!(
+            v["shadow_decision"],
+            decide(
+                shadow_score,
+                shadow_thresholds.review,
+                shadow_thresholds.decline
+            ),
+            "{v}"
+        );
+        // Every feature of either model is computed and shown.
+        let features = v["features"].as_object().unwrap();
+        for name in tiny.spec().names().iter().chain(shadow.spec().names()) {
+            assert!(features.contains_key(name), "{name} missing from {v}");
+        }
+    }
+    let counted: f64 = ["approve", "review", "decline"]
+        .iter()
+        .flat_map(|d| ["approve", "review", "decline"].map(|s| (*d, s)))
+        .map(|(d, s)| {
+            service.metric(&format!(
+                "fraudscore_shadow_decisions_total{{decision=\"{d}\",shadow_decision=\"{s}\"}}"
+            ))
+        })
+        .sum();
+    assert_eq!(counted, 40.0);
+
+    std::fs::copy(model_path(), &model).unwrap();
+    hup(&service);
+    wait_for_metric(
+        &service,
+        "fraudscore_model_reloads_total{result=\"ok\"}",
+        1.0,
+    );
+    let after = score_round(&p, &brokers, &names, "after", &mut sent);
+    assert_eq!(after.len(), 40);
+    for v in &after {
+        assert_eq!(v["model_version"], shadow.version(), "{v}");
+        assert_eq!(v["shadow_model_version"], shadow.version(), "{v}");
+        assert_eq!(v["shadow_score"], v["score"], "{v}");
+        assert_eq!(v["shadow_decision"], v["decision"], "{v}");
+    }
 }

@@ -142,6 +142,15 @@ fn the_demo_catches_fraud_scores_everything_and_dead_letters_every_reason() {
         .and_then(|l| l.split("recall").nth(1))
         .and_then(|r| r.trim().trim_end_matches('%').parse::<f64>().ok());
     assert!(recall.is_some_and(|r| r > 30.0), "{stdout}");
+    // Every caught fraud shown comes with its reasons, named features with their values.
+    let why: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("why: "))
+        .collect();
+    assert!(
+        !why.is_empty() && why.iter().all(|w| w.contains(" = ") && w.contains("(+")),
+        "{stdout}"
+    );
 }
 
 /// Training data must not depend on the run: transactions of one customer at the same instant

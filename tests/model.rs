@@ -3,8 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use fraudscore::engine::{Engine, EngineConfig, Scorer, Thresholds};
+use fraudscore::engine::{Engine, EngineConfig, Thresholds};
 use fraudscore::model::{Model, ModelError};
+use fraudscore::scorer::Scorer;
 use fraudscore::store::Store;
 use serde_json::Value;
 
@@ -156,6 +157,8 @@ fn replay_scores_every_good_line_and_dead_letters_every_bad_one() {
         };
         assert_eq!(v["decision"], decision);
         assert_eq!(v["model_version"], "tiny-logistic-1");
+        // A model without tree covers loads and scores, and its outputs carry no reasons.
+        assert!(v.get("reasons").is_none(), "{v}");
         assert!(v["scored_at"].as_str().unwrap().ends_with('Z'));
     }
 
@@ -221,6 +224,273 @@ fn shipped_model_matches_python_onnxruntime() {
             }
         }
     }
+}
+
+/// A one-split tree (tests/data/make_models.py): its reason codes worked out by hand, and the
+/// same tree with covers that do not add up, refused at load.
+#[test]
+fn a_stump_explains_as_worked_out_by_hand_and_bad_covers_are_refused() {
+    let mut model = Model::load(&data("stump.onnx"), 1).unwrap();
+    let mut scores = Vec::new();
+    model
+        .score(&[7.0, 0.0, 0.0, 3.0, 0.0, 0.0], &mut scores)
+        .unwrap();
+    let explainer = model.explainer().unwrap();
+    assert_eq!(explainer.bias(), -0.25);
+    let mut phi = Vec::new();
+    for (row, margin, contribution) in
+        [([7.0, 0.0, 0.0], 2.0, 2.25), ([3.0, 0.0, 0.0], -1.0, -0.75)]
+    {
+        explainer.contributions(&row, &mut phi);
+        assert_eq!(phi, [contribution, 0.0, 0.0]);
+        assert_eq!(explainer.margin(&row), margin);
+    }
+    assert!(
+        (scores[0] as f64 - 1.0 / (1.0 + (-2.0f64).exp())).abs() < 1e-6,
+        "{scores:?}"
+    );
+
+    let e = Model::load(&data("bad_covers.onnx"), 1).unwrap_err();
+    assert!(matches!(e, ModelError::Explain { .. }), "{e}");
+    assert!(e.to_string().contains("node 0 covers 40"), "{e}");
+}
+
+fn fixture(name: &str) -> Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_slice(&std::fs::read(root.join("models/fixtures").join(name)).unwrap())
+        .unwrap()
+}
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// The reason codes are exact TreeSHAP values: on the fixture rows (edge rows and rows on split
+/// thresholds included) they equal LightGBM's own `pred_contrib` for the shipped model, and with
+/// the bias they add up to the margin ONNX Runtime turned into the score.
+#[test]
+fn shipped_model_contributions_match_lightgbm_pred_contrib() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixture = fixture("contributions_expected.json");
+    let mut model = Model::load(&root.join("models/fraud.onnx"), 1).unwrap();
+    let width = model.spec().model_width();
+    let names: Vec<&str> = fixture["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        (0..width)
+            .map(|c| model.spec().model_name(c))
+            .collect::<Vec<_>>()
+    );
+    let rows: Vec<Vec<f32>> = fixture["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| f64s(r).into_iter().map(|x| x as f32).collect())
+        .collect();
+    let contributions: Vec<Vec<f64>> = fixture["contributions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(f64s)
+        .collect();
+    let (bias, margins) = (f64s(&fixture["bias"]), f64s(&fixture["margins"]));
+    assert!(rows.len() >= 100);
+
+    let mut scores = Vec::new();
+    model.score(&rows.concat(), &mut scores).unwrap();
+    let explainer = model
+        .explainer()
+        .expect("the shipped model carries its tree covers");
+    let mut phi = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        explainer.contributions(row, &mut phi);
+        for (c, (got, want)) in phi.iter().zip(&contributions[i]).enumerate() {
+            assert!(
+                (got - want).abs() <= 1e-5,
+                "row {i}, {}: {got} vs LightGBM's {want}",
+                names[c]
+            );
+        }
+        assert!(
+            (explainer.bias() - bias[i]).abs() <= 1e-5,
+            "{} vs {}",
+            explainer.bias(),
+            bias[i]
+        );
+        let total = explainer.bias() + phi.iter().sum::<f64>();
+        assert!(
+            (total - margins[i]).abs() <= 1e-5,
+            "row {i}: bias + contributions {total}, margin {}",
+            margins[i]
+        );
+        let p = 1.0 / (1.0 + (-total).exp());
+        assert!(
+            (p - scores[i] as f64).abs() <= 1e-6,
+            "row {i}: {p} vs ONNX Runtime's {}",
+            scores[i]
+        );
+    }
+}
+
+/// Which outputs carry reasons follows the policy and the decision; each reason names a model
+/// feature with the value the output shows, largest contribution first.
+#[test]
+fn flagged_outputs_carry_reasons_with_their_values() {
+    use fraudscore::explain::{ReasonPolicy, ReasonsFor};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let input: String = (0..40)
+        .map(|i| {
+            format!(
+                r#"{{"transaction_id":"t{i}","customer_id":"c{}","terminal_id":"k{}","amount":{},"timestamp":"2026-11-21T10:{:02}:00Z"}}"#,
+                i % 3,
+                i % 4,
+                10 + i * 37 % 400,
+                i
+            ) + "\n"
+        })
+        .collect();
+    let run = |thresholds: Thresholds, reasons_for: ReasonsFor, top: usize| -> Vec<Value> {
+        let model = Model::load(&root.join("models/fraud.onnx"), 1).unwrap();
+        let spec = model.spec().clone();
+        let mut scorer =
+            Scorer::new(model, thresholds).with_reasons(ReasonPolicy { reasons_for, top });
+        let mut engine = Engine::new(spec, &EngineConfig::default(), Arc::new(Store::default()));
+        let (mut out, mut dlq) = (Vec::new(), Vec::new());
+        fraudscore::replay::replay(
+            &mut engine,
+            Some(&mut scorer),
+            8,
+            input.as_bytes(),
+            &mut out,
+            &mut dlq,
+            None,
+        )
+        .unwrap();
+        assert!(dlq.is_empty());
+        out.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    };
+    let everything_reviewed = Thresholds {
+        review: 0.0,
+        decline: 1.0,
+    };
+    let nothing_flagged = Thresholds {
+        review: 1.0,
+        decline: 1.0,
+    };
+
+    let flagged = run(everything_reviewed, ReasonsFor::Flagged, 3);
+    assert_eq!(flagged.len(), 40);
+    for v in &flagged {
+        assert_eq!(v["decision"], "review");
+        let reasons = v["reasons"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no reasons: {v}"));
+        assert!(!reasons.is_empty() && reasons.len() <= 3, "{v}");
+        let mut last = f64::INFINITY;
+        for r in reasons {
+            let feature = r["feature"].as_str().unwrap();
+            let value = r["value"].as_f64().unwrap();
+            assert_eq!(
+                value as f32,
+                v["features"][feature].as_f64().unwrap() as f32,
+                "{feature} in {v}"
+            );
+            let c = r["contribution"].as_f64().unwrap().abs();
+            assert!(c > 0.0 && c <= last, "{reasons:?}");
+            last = c;
+        }
+    }
+    for v in run(nothing_flagged, ReasonsFor::Flagged, 3) {
+        assert_eq!(v["decision"], "approve");
+        assert!(v.get("reasons").is_none(), "{v}");
+    }
+    let all = run(nothing_flagged, ReasonsFor::All, 5);
+    assert!(all
+        .iter()
+        .all(|v| v["reasons"].as_array().is_some_and(|r| r.len() == 5)));
+    assert!(run(everything_reviewed, ReasonsFor::None, 5)
+        .iter()
+        .all(|v| v.get("reasons").is_none()));
+}
+
+/// Replay with a shadow: the model's scores and decisions are those it gives alone, and the
+/// shadow's are those the shadow gives alone, from one engine computing both models' features.
+#[test]
+fn a_shadow_scores_as_it_would_alone_and_never_decides() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let input: String = (0..60)
+        .map(|i| {
+            format!(
+                r#"{{"transaction_id":"t{i}","customer_id":"c{}","terminal_id":"k{}","amount":{},"timestamp":"2026-11-21T10:{:02}:00Z"}}"#,
+                i % 4,
+                i % 3,
+                5 + i * 53 % 700,
+                i
+            ) + "\n"
+        })
+        .collect();
+    let run = |main: &Path, shadow: Option<&Path>| -> Vec<Value> {
+        let model = Model::load(main, 1).unwrap();
+        let thresholds = model.thresholds().unwrap_or_default();
+        let mut scorer = Scorer::new(model, thresholds);
+        if let Some(shadow) = shadow {
+            scorer = scorer.with_shadow(Model::load(shadow, 1).unwrap()).unwrap();
+        }
+        let spec = fraudscore::features::FeatureSpec::clone(scorer.spec());
+        let mut engine = Engine::new(spec, &EngineConfig::default(), Arc::new(Store::default()));
+        let (mut out, mut dlq) = (Vec::new(), Vec::new());
+        fraudscore::replay::replay(
+            &mut engine,
+            Some(&mut scorer),
+            7,
+            input.as_bytes(),
+            &mut out,
+            &mut dlq,
+            None,
+        )
+        .unwrap();
+        assert!(dlq.is_empty());
+        out.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    };
+    let (tiny, shipped) = (data("tiny.onnx"), root.join("models/fraud.onnx"));
+    let alone = run(&tiny, None);
+    let other = run(&shipped, None);
+    let both = run(&tiny, Some(&shipped));
+    assert_eq!(both.len(), 60);
+    for ((b, a), o) in both.iter().zip(&alone).zip(&other) {
+        for field in ["score", "decision", "model_version"] {
+            assert_eq!(b[field], a[field], "{field}: {b} vs {a}");
+        }
+        assert_eq!(b["shadow_score"], o["score"], "{b} vs {o}");
+        assert_eq!(b["shadow_decision"], o["decision"], "{b} vs {o}");
+        assert_eq!(b["shadow_model_version"], o["model_version"]);
+        for (name, value) in a["features"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .chain(o["features"].as_object().unwrap())
+        {
+            assert_eq!(&b["features"][name], value, "{name}");
+        }
+        assert!(a.get("shadow_score").is_none());
+    }
+    // Not every transaction gets the same decision from both, or this would show nothing.
+    assert!(both.iter().any(|v| v["decision"] != v["shadow_decision"]));
 }
 
 /// What a reload accepts: a model whose features the running state serves exactly, scoring

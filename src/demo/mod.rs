@@ -261,10 +261,13 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
             s.dlq.get(reason.code()).copied().unwrap_or(0)
         );
     }
-    println!("\nthe highest-scored caught fraud of each scenario:");
-    for (score_and_value, scenario) in s.best_catch.iter().zip(0..).skip(1) {
-        if let Some((_, value)) = score_and_value {
-            println!("  scenario {scenario}: {value}");
+    println!("\nthe highest-scored caught fraud of each scenario, and why (each reason: the feature, its value, and what it added to the score in log-odds):");
+    for (best, scenario) in s.best_catch.iter().zip(0..).skip(1) {
+        if let Some(best) = best {
+            println!(
+                "  scenario {scenario}: {}\n      why: {}",
+                best.output, best.why
+            );
         }
     }
     println!(

@@ -73,7 +73,7 @@ pub struct Seen {
     pub latency_us: Histogram<u64>,
     pub second_us: Histogram<u64>,
     /// The highest-scored caught fraud of each scenario: (score, output as read).
-    pub best_catch: [Option<(f64, String)>; 4],
+    pub best_catch: [Option<BestCatch>; 4],
 }
 
 impl Seen {
@@ -130,10 +130,21 @@ impl Seen {
             split.add(true, flagged);
         }
         let best = &mut self.best_catch[usize::from(scenario)];
-        if fraud && flagged && best.as_ref().is_none_or(|(score, _)| out.score > *score) {
-            *best = Some((out.score, String::from_utf8_lossy(value).into_owned()));
+        if fraud && flagged && best.as_ref().is_none_or(|b| out.score > b.score) {
+            *best = Some(BestCatch {
+                score: out.score,
+                output: String::from_utf8_lossy(value).into_owned(),
+                why: why(&out.reasons),
+            });
         }
     }
+}
+
+/// The highest-scored caught fraud of a scenario: its output, and its reasons made readable.
+pub struct BestCatch {
+    pub score: f64,
+    pub output: String,
+    pub why: String,
 }
 
 #[derive(Deserialize)]
@@ -142,6 +153,24 @@ struct Scored {
     score: f64,
     decision: String,
     features: HashMap<String, f64>,
+    #[serde(default)]
+    reasons: Vec<Reason>,
+}
+
+#[derive(Deserialize)]
+struct Reason {
+    feature: String,
+    value: f64,
+    contribution: f64,
+}
+
+/// "amount = 412.5 (+2.31), terminal_risk_7d_delay_7d = 0.5 (+1.20)": the reasons of an output.
+fn why(reasons: &[Reason]) -> String {
+    reasons
+        .iter()
+        .map(|r| format!("{} = {} ({:+.2})", r.feature, r.value, r.contribution))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Reads both output topics from the start until `done`, into `seen`.

@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use rdkafka::message::OwnedHeaders;
 
-use crate::engine::{Prepared, Scorer, Verdict};
+use crate::engine::Prepared;
 use crate::model::ModelError;
+use crate::scorer::{Scorer, Verdict};
 
 /// The input message behind a prepared transaction.
 #[derive(Debug)]
@@ -118,7 +119,9 @@ mod tests {
         batch.verdicts = vec![
             Verdict {
                 score: 0.0,
-                decision: Decision::Approve
+                decision: Decision::Approve,
+                reasons: Vec::new(),
+                shadow: None,
             };
             batch.len()
         ];
@@ -161,6 +164,8 @@ mod tests {
             .map(|i| Verdict {
                 score: i as f32 / 10.0,
                 decision: Decision::Approve,
+                reasons: Vec::new(),
+                shadow: None,
             })
             .collect();
         let got: Vec<(i64, f32)> = batch.drain().map(|(_, s, v)| (s.offset, v.score)).collect();

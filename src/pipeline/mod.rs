@@ -26,10 +26,11 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::decode::Rejection;
-use crate::engine::{Engine, Prepared, Scorer, Verdict};
+use crate::engine::{Engine, Prepared};
 use crate::model::ModelError;
 use crate::output;
 use crate::reload::Candidate;
+use crate::scorer::{Scorer, Verdict};
 use crate::shared::Shared;
 use crate::snapshot::{SnapshotDir, StateCheck};
 use crate::time::EventTime;
@@ -141,14 +142,15 @@ impl Pipeline {
 
         let require_key = input_partitions(&consumer, &config.kafka.input_topic) != Some(1);
         show_model(&shared, &scorer);
-        let model = scorer.model();
+        // The scorer's spec: the model's features, and a shadow model's.
+        let spec = scorer.spec();
         let engine_config = config.engine.engine_config(require_key);
-        let engine = Engine::new(model.spec().clone(), &engine_config, shared.store.clone())
+        let engine = Engine::new(spec.as_ref().clone(), &engine_config, shared.store.clone())
             .with_terminals(shared.terminals.clone());
         let snapshots = if config.state.snapshots() {
             let place = SnapshotPlace {
                 dir: SnapshotDir::new(&config.state.dir, &config.kafka.input_topic),
-                check: StateCheck::new(&engine_config.retention(model.spec()), &shared.store),
+                check: StateCheck::new(&engine_config.retention(spec), &shared.store),
             };
             Some(Snapshots::start(
                 place,
@@ -227,8 +229,17 @@ impl Worker {
             return;
         };
         let from = self.scorer.model().version().to_string();
-        self.engine.set_spec(Arc::new(model.spec().clone()));
-        self.scorer = Scorer::new(model, thresholds);
+        if let Err(e) = self.scorer.replace_model(model, thresholds) {
+            // Both models' features parsed at load, so this is not expected; the old model stays.
+            warn!(error = %e, "reload refused: the new model and the shadow cannot be served together");
+            self.shared
+                .metrics
+                .model_reloads
+                .with_label_values(&["refused"])
+                .inc();
+            return;
+        }
+        self.engine.set_spec(self.scorer.spec().clone());
         show_model(&self.shared, &self.scorer);
         self.shared
             .metrics
@@ -412,10 +423,10 @@ impl Worker {
             let value = output::scored(
                 self.engine.spec(),
                 &prepared,
-                Some((verdict, self.scorer.model().version())),
+                Some((&verdict, &self.scorer)),
                 scored_at,
             );
-            self.observe_scored(&prepared, verdict, scored_at);
+            self.observe_scored(&prepared, &verdict, scored_at);
             let record = Record {
                 topic: &self.config.kafka.output_topic,
                 key: Some(prepared.transaction.customer_id.as_str().as_bytes()),
@@ -440,7 +451,7 @@ impl Worker {
         result
     }
 
-    fn observe_scored(&self, prepared: &Prepared, verdict: Verdict, scored_at: EventTime) {
+    fn observe_scored(&self, prepared: &Prepared, verdict: &Verdict, scored_at: EventTime) {
         let m = &self.shared.metrics;
         let t = &prepared.transaction;
         let lag_ms = scored_at.millis() - t.timestamp.millis();
@@ -451,6 +462,11 @@ impl Worker {
         m.decisions
             .with_label_values(&[verdict.decision.as_str()])
             .inc();
+        if let Some(shadow) = verdict.shadow {
+            m.shadow_decisions
+                .with_label_values(&[verdict.decision.as_str(), shadow.decision.as_str()])
+                .inc();
+        }
         m.score.observe(verdict.score as f64);
         // Kept beside the event, for the live quality metric when its label arrives.
         self.shared.store.record_outcome(

@@ -38,8 +38,10 @@ pub enum AuditError {
     Kafka(#[from] KafkaError),
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("model.shadow: {0}")]
-    Shadow(#[from] crate::features::FeatureError),
+    #[error("model.shadow or rules: {0}")]
+    Served(#[from] crate::features::FeatureError),
+    #[error(transparent)]
+    Rules(#[from] crate::rules::RulesError),
     #[error("reading {topic}: no message for {STALL:?} before its end")]
     Stalled { topic: String },
 }
@@ -92,7 +94,13 @@ pub fn run(opts: &AuditOptions) -> Result<AuditReport, AuditError> {
         Some(path) => Some(Model::load(path, 1)?),
         None => None,
     };
-    let spec = crate::scorer::served(&model, shadow.as_ref())?;
+    let rules = config
+        .rules
+        .file
+        .as_deref()
+        .map(crate::rules::Rules::load)
+        .transpose()?;
+    let spec = crate::scorer::served(&model, shadow.as_ref(), rules.as_ref())?;
     let engine_config = config.engine.engine_config(partitions != 1);
     // Labels count from their labelled_at on, so all can be known up front, kept however old.
     let terminals = Arc::new(Terminals::new(i64::MAX / 4));

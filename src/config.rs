@@ -42,6 +42,8 @@ pub struct Config {
     #[serde(default)]
     pub labels: LabelsConfig,
     #[serde(default)]
+    pub rules: RulesConfig,
+    #[serde(default)]
     pub http: HttpConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -201,6 +203,15 @@ impl EngineSection {
             max_events_per_customer: self.max_events_per_customer,
         }
     }
+}
+
+/// Rules beside the model.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// A TOML file of `[[rule]]` tables (name, when, action); none when unset.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
 }
 
 /// Where fraud labels come from.

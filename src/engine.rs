@@ -234,8 +234,8 @@ impl Engine {
     }
 }
 
-/// What the fraud team does with a score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What the fraud team does with a score; ordered from the least strict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     Approve,

@@ -21,6 +21,7 @@ pub mod output;
 pub mod pipeline;
 pub mod reload;
 pub mod replay;
+pub mod rules;
 pub mod scorer;
 pub mod service;
 pub mod shared;

@@ -136,6 +136,9 @@ struct ReplayArgs {
     /// into `shadow_score`, `shadow_decision` and `shadow_model_version`, never into `decision`.
     #[arg(long, requires = "model")]
     shadow: Option<PathBuf>,
+    /// Rules beside the model, as `rules.file` in the service.
+    #[arg(long, requires = "model")]
+    rules: Option<PathBuf>,
     /// Features per `reasons`, largest contribution first.
     #[arg(long, default_value_t = ReasonPolicy::default().top)]
     reasons_top: usize,
@@ -249,6 +252,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             decline: args.decline_threshold,
         },
         shadow: args.shadow,
+        rules: args.rules,
         reasons: ReasonPolicy {
             reasons_for: match args.reasons {
                 ReasonsArg::Flagged => ReasonsFor::Flagged,

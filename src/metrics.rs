@@ -52,6 +52,7 @@ pub struct Metrics {
     pub decisions: IntCounterVec,
     /// Only with `model.shadow`: its decisions beside the model's.
     pub shadow_decisions: IntCounterVec,
+    pub rule_hits: IntCounterVec,
     pub score: Histogram,
 }
 
@@ -296,6 +297,14 @@ impl Metrics {
             &["decision", "shadow_decision"],
         )
         .expect("valid metric");
+        let rule_hits = IntCounterVec::new(
+            Opts::new(
+                "fraudscore_rule_hits_total",
+                "Scored transactions on which each rule of rules.file fired (an output names them in `rules`)",
+            ),
+            &["rule"],
+        )
+        .expect("valid metric");
         let score = Histogram::with_opts(
             HistogramOpts::new(
                 "fraudscore_score",
@@ -340,6 +349,7 @@ impl Metrics {
             Box::new(labelled_decisions.clone()),
             Box::new(decisions.clone()),
             Box::new(shadow_decisions.clone()),
+            Box::new(rule_hits.clone()),
             Box::new(score.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -406,6 +416,7 @@ impl Metrics {
             labelled_decisions,
             decisions,
             shadow_decisions,
+            rule_hits,
             score,
         }
     }

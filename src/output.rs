@@ -29,6 +29,8 @@ struct Scored<'a> {
     model_version: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reasons: Option<NamedReasons<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rules: Vec<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     shadow_score: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +89,13 @@ pub fn scored(
                 spec,
                 reasons: &v.reasons,
             }),
+        rules: match verdict {
+            Some((v, scorer)) => scorer
+                .rules()
+                .map(|r| v.rules.iter().map(|&i| r.name(i)).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        },
         shadow_score: shadow.map(|s| s.score),
         shadow_decision: shadow.map(|s| s.decision),
         shadow_model_version: shadow

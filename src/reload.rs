@@ -1,4 +1,4 @@
-//! Model reloads: a thread that loads and checks a new model file when asked (SIGHUP, or a change of the file with `model.watch`), for the pipeline to swap in between two batches.
+//! Model and rules reloads: a thread that loads and checks the model file and the rules file when asked (SIGHUP, or a change of either with `model.watch`), for the pipeline to swap in between two batches.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,17 +13,20 @@ use crate::engine::{ThresholdOverrides, Thresholds};
 use crate::features::FeatureSpec;
 use crate::metrics::Metrics;
 use crate::model::Model;
+use crate::rules::Rules;
 use crate::time::WindowLen;
 
 /// How often the model file is looked at with `model.watch`, and a SIGHUP noticed.
 const LOOK_EVERY: Duration = Duration::from_millis(200);
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
-/// A model that passed every check, with the thresholds it is to decide with.
+/// A model that passed every check, with the thresholds it is to decide with, and the rules
+/// (re-read with it) that go beside it.
 #[derive(Debug)]
 pub struct Candidate {
     pub model: Model,
     pub thresholds: Thresholds,
+    pub rules: Option<Rules>,
 }
 
 /// What the running state can serve exactly: set at start, since the window state keeps events
@@ -49,6 +52,10 @@ impl Limits {
 pub enum Refusal {
     #[error(transparent)]
     Load(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Rules(#[from] crate::rules::RulesError),
+    #[error(transparent)]
+    Feature(#[from] crate::features::FeatureError),
     #[error("it needs a {needs} window, but the state holds events only for windows up to {holds} (the running model's longest): restart with the new model to rebuild the state")]
     LongerWindow { needs: WindowLen, holds: WindowLen },
     #[error("it takes terminal features, but the running model takes none, so labels are not read: restart with the new model")]
@@ -61,17 +68,20 @@ pub enum Refusal {
     Thresholds(#[from] crate::engine::ThresholdError),
 }
 
-/// Loads `path` and checks it can replace the running model with exact features: the engine
-/// computes all its features (a model loads only then), within the state's reach, and it scores
-/// probe rows as probabilities.
+/// Loads `path` (and the rules file, when there is one) and checks they can replace the running
+/// ones with exact features: the engine computes all their features (a model and rules load only
+/// then), within the state's reach, and the model scores probe rows as probabilities.
 pub fn check(
     path: &Path,
     intra_threads: usize,
     limits: &Limits,
     overrides: ThresholdOverrides,
+    rules: Option<&Path>,
 ) -> Result<Candidate, Refusal> {
     let mut model = Model::load(path, intra_threads)?;
-    let spec = model.spec();
+    let rules = rules.map(Rules::load).transpose()?;
+    let served = crate::scorer::served(&model, None, rules.as_ref())?;
+    let spec = &served;
     if spec.longest_window() > limits.longest_window {
         return Err(Refusal::LongerWindow {
             needs: spec.longest_window(),
@@ -87,7 +97,7 @@ pub fn check(
             Some(_) => {}
         }
     }
-    let width = spec.model_width();
+    let width = model.spec().model_width();
     let mut scores = Vec::new();
     for probe in [0.0f32, 1.0, 100.0] {
         model.score(&vec![probe; width], &mut scores)?;
@@ -96,7 +106,11 @@ pub fn check(
         }
     }
     let thresholds = Thresholds::resolve(model.thresholds(), overrides)?;
-    Ok(Candidate { model, thresholds })
+    Ok(Candidate {
+        model,
+        thresholds,
+        rules,
+    })
 }
 
 pub struct ReloadOptions {
@@ -106,6 +120,8 @@ pub struct ReloadOptions {
     pub watch: bool,
     pub limits: Limits,
     pub overrides: ThresholdOverrides,
+    /// The rules file (`rules.file`), re-read and checked with the model.
+    pub rules: Option<PathBuf>,
 }
 
 /// Watches for reload requests (`requested`, set on SIGHUP) until `stop`; checked models are sent
@@ -134,7 +150,8 @@ fn watch(
             .ok()
             .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
     };
-    let mut seen = stamp(&opts.path);
+    let stamps = || (stamp(&opts.path), opts.rules.as_deref().map(stamp));
+    let mut seen = stamps();
     let mut since_look = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(LOOK_EVERY);
@@ -142,18 +159,25 @@ fn watch(
         let mut why = requested.swap(false, Ordering::Relaxed).then_some("SIGHUP");
         if opts.watch && since_look >= WATCH_EVERY {
             since_look = Duration::ZERO;
-            let now = stamp(&opts.path);
-            if now.is_some() && now != seen {
+            let now = stamps();
+            if now.0.is_some() && now != seen {
                 seen = now;
-                why = why.or(Some("the model file changed"));
+                why = why.or(Some("the model or rules file changed"));
             }
         }
         let Some(why) = why else { continue };
         // What is loaded now is seen: a SIGHUP after replacing the file must not make the
         // watcher load it a second time.
-        seen = stamp(&opts.path);
+        seen = stamps();
         let path = opts.path.display().to_string();
-        match check(&opts.path, opts.intra_threads, &opts.limits, opts.overrides) {
+        let rules = opts.rules.as_deref();
+        match check(
+            &opts.path,
+            opts.intra_threads,
+            &opts.limits,
+            opts.overrides,
+            rules,
+        ) {
             Ok(candidate) => {
                 info!(%path, why, version = candidate.model.version(), "new model checked; swapping it in between two batches");
                 if tx.send(candidate).is_err() {
@@ -161,7 +185,7 @@ fn watch(
                 }
             }
             Err(refusal) => {
-                warn!(%path, why, error = %refusal, "model refused; the running model stays");
+                warn!(%path, why, error = %refusal, "model or rules refused; the running ones stay");
                 metrics.model_reloads.with_label_values(&["refused"]).inc();
             }
         }

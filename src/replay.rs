@@ -15,6 +15,7 @@ use crate::explain::ReasonPolicy;
 use crate::features::{FeatureError, FeatureSpec};
 use crate::model::{Model, ModelError};
 use crate::output;
+use crate::rules::{Rules, RulesError};
 use crate::scorer::{Scorer, Verdict};
 use crate::store::Store;
 use crate::terminals::Terminals;
@@ -43,6 +44,8 @@ pub enum ReplayError {
     Thresholds(#[from] ThresholdError),
     #[error(transparent)]
     Feature(#[from] FeatureError),
+    #[error(transparent)]
+    Rules(#[from] RulesError),
     #[error("--max-batch must be at least 1")]
     ZeroBatch,
 }
@@ -65,6 +68,8 @@ pub struct ReplayOptions {
     pub reasons: ReasonPolicy,
     /// A model scored beside `model`, as `model.shadow` in the service.
     pub shadow: Option<PathBuf>,
+    /// Rules beside `model`, as `rules.file` in the service.
+    pub rules: Option<PathBuf>,
 }
 
 /// Builds the engine (and scorer) the options ask for and replays the input file.
@@ -77,10 +82,12 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
             let model = Model::load(path, 1)?;
             let thresholds = Thresholds::resolve(model.thresholds(), opts.thresholds)?;
             let scorer = Scorer::new(model, thresholds).with_reasons(opts.reasons);
-            Some(match &opts.shadow {
+            let scorer = match &opts.shadow {
                 Some(path) => scorer.with_shadow(Model::load(path, 1)?)?,
                 None => scorer,
-            })
+            };
+            let rules = opts.rules.as_deref().map(Rules::load).transpose()?;
+            Some(scorer.with_rules(rules)?)
         }
         None => None,
     };

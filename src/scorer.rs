@@ -1,4 +1,4 @@
-//! Scoring a batch: the model, its thresholds and reason policy, and a shadow model scored beside it that never decides.
+//! Scoring a batch: the model, its thresholds and reason policy, the rules beside it, and a shadow model scored beside it that never decides.
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use crate::engine::{Decision, Prepared, Thresholds};
 use crate::explain::{Reason, ReasonPolicy};
 use crate::features::{FeatureError, FeatureSpec};
 use crate::model::{Model, ModelError};
+use crate::rules::Rules;
 
 /// A model's verdict on one transaction.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +19,8 @@ pub struct Verdict {
     pub reasons: Vec<Reason>,
     /// What the shadow model would have decided, when one runs.
     pub shadow: Option<ShadowVerdict>,
+    /// The rules that fired (indices into [`Scorer::rules`]), in file order.
+    pub rules: Vec<usize>,
 }
 
 /// The shadow model's score and decision (by its own thresholds) for a transaction.
@@ -40,7 +43,9 @@ pub struct Scorer {
     thresholds: Thresholds,
     reasons: ReasonPolicy,
     shadow: Option<Shadow>,
-    /// What the engine computes: the model's features, then the shadow's that it lacks.
+    rules: Option<Rules>,
+    /// What the engine computes: the model's features, then those of the shadow and the rules
+    /// that it lacks.
     spec: Arc<FeatureSpec>,
     scores: Vec<f32>,
 }
@@ -53,6 +58,7 @@ impl Scorer {
             thresholds,
             reasons: ReasonPolicy::default(),
             shadow: None,
+            rules: None,
             scores: Vec::new(),
         }
     }
@@ -64,7 +70,7 @@ impl Scorer {
     /// Scores `model` beside the model in use, deciding by its own thresholds (its metadata's);
     /// the engine then computes its features too.
     pub fn with_shadow(mut self, model: Model) -> Result<Scorer, FeatureError> {
-        let spec = served(&self.model, Some(&model))?;
+        let spec = served(&self.model, Some(&model), self.rules.as_ref())?;
         self.shadow = Some(Shadow {
             thresholds: model.thresholds().unwrap_or_default(),
             model,
@@ -74,26 +80,41 @@ impl Scorer {
         Ok(self)
     }
 
-    /// Puts a new model in use (a reload), keeping the reason policy and the shadow; on an
-    /// error the running model stays.
-    pub fn replace_model(
+    /// Puts rules beside the model; the engine then computes the features they read too.
+    pub fn with_rules(mut self, rules: Option<Rules>) -> Result<Scorer, FeatureError> {
+        self.replace(None, rules)?;
+        Ok(self)
+    }
+
+    /// Puts a new model (when given) and rules in use (a reload), keeping the reason policy and
+    /// the shadow; on an error the running ones stay.
+    pub fn replace(
         &mut self,
-        model: Model,
-        thresholds: Thresholds,
+        model: Option<(Model, Thresholds)>,
+        rules: Option<Rules>,
     ) -> Result<(), FeatureError> {
-        let spec = served(&model, self.shadow())?;
-        self.model = model;
-        self.thresholds = thresholds;
+        let main = model.as_ref().map_or(&self.model, |(m, _)| m);
+        let spec = served(main, self.shadow(), rules.as_ref())?;
+        if let Some((model, thresholds)) = model {
+            self.model = model;
+            self.thresholds = thresholds;
+        }
+        self.rules = rules;
         self.bind(spec);
         Ok(())
     }
 
-    /// Serves both models from `spec`, which computes every feature of either.
+    /// Serves both models and the rules from `spec`, which computes every feature of each.
     fn bind(&mut self, spec: FeatureSpec) {
-        let bound =
-            self.model.bind(&spec) && self.shadow.as_mut().is_none_or(|s| s.model.bind(&spec));
-        debug_assert!(bound, "a model's feature is missing from the spec served");
+        let bound = self.model.bind(&spec)
+            && self.shadow.as_mut().is_none_or(|s| s.model.bind(&spec))
+            && self.rules.as_mut().is_none_or(|r| r.bind(&spec));
+        debug_assert!(bound, "a feature is missing from the spec served");
         self.spec = Arc::new(spec);
+    }
+
+    pub fn rules(&self) -> Option<&Rules> {
+        self.rules.as_ref()
     }
 
     /// The features the engine must compute for this scorer.
@@ -139,8 +160,13 @@ impl Scorer {
             }
         }
         verdicts.clear();
-        for (i, &score) in self.scores.iter().enumerate() {
-            let decision = self.thresholds.decide(score);
+        for (i, (&score, prepared)) in self.scores.iter().zip(batch).enumerate() {
+            let mut decision = self.thresholds.decide(score);
+            let mut fired = Vec::new();
+            if let Some(rules) = &self.rules {
+                fired = rules.evaluate(prepared, score);
+                decision = rules.decide(decision, &fired);
+            }
             let reasons = if self.reasons.wants(decision) {
                 self.model.reasons(i, self.reasons.top)
             } else {
@@ -156,17 +182,24 @@ impl Scorer {
                         decision: thresholds.decide(score),
                     })
                 }),
+                rules: fired,
             });
         }
         Ok(())
     }
 }
 
-/// The spec computing the model's features in its own column order, then the shadow's it lacks.
-pub fn served(model: &Model, shadow: Option<&Model>) -> Result<FeatureSpec, FeatureError> {
+/// The spec computing the model's features in its own column order, then those of the shadow
+/// and the rules that it lacks.
+pub fn served(
+    model: &Model,
+    shadow: Option<&Model>,
+    rules: Option<&Rules>,
+) -> Result<FeatureSpec, FeatureError> {
     let main: Vec<&str> = model.spec().model_names().collect();
-    let also: Vec<&str> = shadow
+    let mut also: Vec<&str> = shadow
         .map(|s| s.spec().model_names().collect())
         .unwrap_or_default();
+    also.extend(rules.iter().flat_map(|r| r.features()));
     FeatureSpec::for_models(&main, &also)
 }

@@ -15,6 +15,7 @@ use crate::engine::{ThresholdError, Thresholds};
 use crate::metrics::Metrics;
 use crate::model::{Model, ModelError};
 use crate::pipeline::{Pipeline, PipelineError};
+use crate::rules::Rules;
 use crate::scorer::Scorer;
 use crate::shared::Shared;
 use crate::store::Store;
@@ -26,8 +27,10 @@ pub enum StartError {
     Model(#[from] ModelError),
     #[error("decision thresholds (config model.*_threshold over the model's own): {0}")]
     Thresholds(#[from] ThresholdError),
-    #[error("model.shadow: {0}")]
-    Shadow(#[from] crate::features::FeatureError),
+    #[error("model.shadow or rules: {0}")]
+    Served(#[from] crate::features::FeatureError),
+    #[error(transparent)]
+    Rules(#[from] crate::rules::RulesError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error("HTTP listener on {addr}: {source}")]
@@ -108,6 +111,15 @@ impl Service {
             }
             None => scorer,
         };
+        let rules = match &config.rules.file {
+            Some(path) => {
+                let rules = Rules::load(path)?;
+                info!(file = %path.display(), rules = ?rules.names().collect::<Vec<_>>(), "rules loaded");
+                Some(rules)
+            }
+            None => None,
+        };
+        let scorer = scorer.with_rules(rules)?;
         let spec = scorer.spec().clone();
         let store = if config.state.snapshots() {
             Store::with_seed(crate::snapshot::state_seed(&config.state.dir)?)
@@ -147,6 +159,7 @@ impl Service {
             watch: config.model.watch,
             limits: crate::reload::Limits::of(&spec),
             overrides: config.model.thresholds(),
+            rules: config.rules.file.clone(),
         };
         let (candidates_tx, candidates) = std::sync::mpsc::channel();
         let pipeline = Pipeline::new(config, scorer, shared.clone(), candidates)?;

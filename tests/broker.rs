@@ -1253,3 +1253,82 @@ fn a_shadow_model_is_scored_beside_the_model_and_through_a_reload() {
         assert_eq!(v["shadow_decision"], v["decision"], "{v}");
     }
 }
+
+/// `rules.file` on a running service: outputs name the rules that fired and take their
+/// decisions, each fire is counted per rule, and the file reloads on SIGHUP like the model: a
+/// broken file is refused and the running rules stay, a good one is swapped in.
+#[test]
+fn rules_decide_beside_the_model_and_reload_on_sighup() {
+    let Some(brokers) = broker() else { return };
+    let names = fresh(&brokers, "rules");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.toml");
+    let rule = |name: &str, when: &str, action: &str| {
+        format!("[[rule]]\nname = \"{name}\"\nwhen = \"{when}\"\naction = \"{action}\"\n")
+    };
+    std::fs::write(&file, rule("big", "amount > 250", "decline")).unwrap();
+    let file_env = file.display().to_string();
+    let service = Instance::start(&brokers, &names, &[("FRAUDSCORE__RULES__FILE", &file_env)]);
+    let p = producer(&brokers);
+    let mut sent = 0;
+    let fired = |v: &Value| -> Vec<String> {
+        v["rules"]
+            .as_array()
+            .map(|a| a.iter().map(|r| r.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let before = score_round(&p, &brokers, &names, "before", &mut sent);
+    assert_eq!(before.len(), 40);
+    let mut big = 0;
+    for v in &before {
+        let over = v["amount"].as_f64().unwrap() > 250.0;
+        assert_eq!(fired(v), if over { vec!["big"] } else { vec![] }, "{v}");
+        if over {
+            assert_eq!(v["decision"], "decline", "{v}");
+            big += 1;
+        }
+    }
+    assert!(big > 0 && big < 40);
+    assert_eq!(
+        service.metric("fraudscore_rule_hits_total{rule=\"big\"}"),
+        big as f64
+    );
+
+    // A rule naming no feature the engine knows: refused, and "big" goes on firing.
+    std::fs::write(&file, rule("typo", "amout > 1", "review")).unwrap();
+    hup(&service);
+    wait_for_metric(
+        &service,
+        "fraudscore_model_reloads_total{result=\"refused\"}",
+        1.0,
+    );
+    let refused = score_round(&p, &brokers, &names, "refused", &mut sent);
+    assert!(refused.iter().any(|v| fired(v) == ["big"]));
+
+    // A new file: its rule, reading a feature the model does not take, is served.
+    std::fs::write(
+        &file,
+        rule("busy_hour", "customer_tx_count_1h >= 3", "review"),
+    )
+    .unwrap();
+    hup(&service);
+    wait_for_metric(
+        &service,
+        "fraudscore_model_reloads_total{result=\"ok\"}",
+        1.0,
+    );
+    let after = score_round(&p, &brokers, &names, "after", &mut sent);
+    assert_eq!(after.len(), 40);
+    for v in &after {
+        let count = v["features"]["customer_tx_count_1h"]
+            .as_f64()
+            .expect("computed for the rule");
+        let busy = count >= 3.0;
+        assert_eq!(
+            fired(v),
+            if busy { vec!["busy_hour"] } else { vec![] },
+            "{v}"
+        );
+    }
+    assert!(after.iter().any(|v| fired(v) == ["busy_hour"]));
+}

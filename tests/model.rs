@@ -493,6 +493,124 @@ fn a_shadow_scores_as_it_would_alone_and_never_decides() {
     assert!(both.iter().any(|v| v["decision"] != v["shadow_decision"]));
 }
 
+/// Rules beside the shipped model: each output names the rules that fired, the decision is the
+/// strictest of the model's and theirs unless an allow-list fired, and a feature only a rule
+/// reads is computed and shown.
+#[test]
+fn rules_fire_decide_beside_the_model_and_get_the_features_they_read() {
+    use fraudscore::rules::Rules;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[rule]]
+name = "velocity_1h"
+when = "customer_sum_amount_1h > 800"
+action = "decline"
+
+[[rule]]
+name = "trusted_terminal"
+when = "terminal_id == 'k0' and amount < 300"
+action = "approve"
+"#,
+    )
+    .unwrap();
+    let input: String = (0..40)
+        .map(|i| {
+            format!(
+                r#"{{"transaction_id":"t{i}","customer_id":"c{}","terminal_id":"k{}","amount":{},"timestamp":"2026-11-21T10:{:02}:00Z"}}"#,
+                i % 2,
+                i % 3,
+                10 + i * 37 % 400,
+                i
+            ) + "\n"
+        })
+        .collect();
+    let run = |rules: Option<Rules>| -> Vec<Value> {
+        let model = Model::load(&root.join("models/fraud.onnx"), 1).unwrap();
+        let thresholds = model.thresholds().unwrap();
+        let mut scorer = Scorer::new(model, thresholds).with_rules(rules).unwrap();
+        let spec = fraudscore::features::FeatureSpec::clone(scorer.spec());
+        let mut engine = Engine::new(spec, &EngineConfig::default(), Arc::new(Store::default()));
+        let (mut out, mut dlq) = (Vec::new(), Vec::new());
+        fraudscore::replay::replay(
+            &mut engine,
+            Some(&mut scorer),
+            8,
+            input.as_bytes(),
+            &mut out,
+            &mut dlq,
+            None,
+        )
+        .unwrap();
+        out.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    };
+    let plain = run(None);
+    let ruled = run(Some(Rules::load(&file).unwrap()));
+    let strictness = |d: &Value| {
+        ["approve", "review", "decline"]
+            .iter()
+            .position(|x| d == x)
+            .unwrap()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for (p, r) in plain.iter().zip(&ruled) {
+        assert_eq!(p["score"], r["score"], "rules do not change the score");
+        assert!(p["features"].get("customer_sum_amount_1h").is_none());
+        let sum = r["features"]["customer_sum_amount_1h"]
+            .as_f64()
+            .expect("computed for the rule");
+        let amount = r["amount"].as_f64().unwrap();
+        let velocity = sum > 800.0;
+        let trusted = r["terminal_id"] == "k0" && amount < 300.0;
+        let fired: Vec<&str> = r["rules"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
+            .unwrap_or_default();
+        let expected: Vec<&str> = [("velocity_1h", velocity), ("trusted_terminal", trusted)]
+            .iter()
+            .filter(|(_, fires)| *fires)
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(fired, expected, "{r}");
+        let decision = if trusted {
+            0
+        } else if velocity {
+            2
+        } else {
+            strictness(&p["decision"])
+        };
+        assert_eq!(strictness(&r["decision"]), decision, "{r}");
+        seen.insert((velocity, trusted));
+    }
+    // Each rule fired alone and both fired together somewhere, or this shows less than it says.
+    for case in [(true, false), (false, true), (true, true)] {
+        assert!(seen.contains(&case), "{case:?} never happened: {seen:?}");
+    }
+}
+
+/// The example rules file loads, and the shipped model with it is served.
+#[test]
+fn the_example_rules_file_loads_beside_the_shipped_model() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = fraudscore::rules::Rules::load(&root.join("config/rules.toml")).unwrap();
+    assert!(rules.len() >= 3);
+    let model = Model::load(&root.join("models/fraud.onnx"), 1).unwrap();
+    let scorer = Scorer::new(model, Thresholds::default())
+        .with_rules(Some(rules))
+        .unwrap();
+    assert!(scorer
+        .spec()
+        .names()
+        .iter()
+        .any(|n| n == "customer_tx_count_30d"));
+}
+
 /// What a reload accepts: a model whose features the running state serves exactly, scoring
 /// probabilities; anything else is refused with the reason.
 #[test]
@@ -503,21 +621,21 @@ fn a_reload_accepts_a_model_the_state_can_serve_and_refuses_the_rest() {
     let running = Limits::of(Model::load(&shipped, 1).unwrap().spec());
     let none = ThresholdOverrides::default();
 
-    let tiny = check(&data("tiny.onnx"), 1, &running, none).unwrap();
+    let tiny = check(&data("tiny.onnx"), 1, &running, none, None).unwrap();
     assert_eq!(tiny.model.version(), "tiny-logistic-1");
     assert_eq!(tiny.thresholds, Thresholds::default());
-    assert!(check(&shipped, 1, &running, none).is_ok());
+    assert!(check(&shipped, 1, &running, none, None).is_ok());
 
     // Windows longer than the running model's: the state does not hold them.
     let tiny_limits = Limits::of(tiny.model.spec());
-    let e = check(&shipped, 1, &tiny_limits, none).unwrap_err();
+    let e = check(&shipped, 1, &tiny_limits, none, None).unwrap_err();
     assert!(matches!(e, Refusal::LongerWindow { .. }), "{e}");
     // Terminal features while no labels are read.
     let without_labels = Limits {
         terminal_reach_ms: None,
         ..running
     };
-    let e = check(&shipped, 1, &without_labels, none).unwrap_err();
+    let e = check(&shipped, 1, &without_labels, none, None).unwrap_err();
     assert!(matches!(e, Refusal::NoLabels), "{e}");
     // Not a model, or one the engine cannot feed.
     for broken in [
@@ -525,17 +643,17 @@ fn a_reload_accepts_a_model_the_state_can_serve_and_refuses_the_rest() {
         "unknown_feature.onnx",
         "wrong_width.onnx",
     ] {
-        let e = check(&data(broken), 1, &running, none).unwrap_err();
+        let e = check(&data(broken), 1, &running, none, None).unwrap_err();
         assert!(matches!(e, Refusal::Load(_)), "{broken}: {e}");
     }
     // Scores that are not probabilities (a raw margin): 0.01 * 100 + 0.5 * 100 - 100 - 2 = -51.
-    let e = check(&data("raw_margin.onnx"), 1, &running, none).unwrap_err();
+    let e = check(&data("raw_margin.onnx"), 1, &running, none, None).unwrap_err();
     assert!(matches!(e, Refusal::BadScore { .. }), "{e}");
     // Thresholds that cross the new model's: refused, not reordered.
     let crossing = ThresholdOverrides {
         review: Some(0.95),
         decline: None,
     };
-    let e = check(&shipped, 1, &running, crossing).unwrap_err();
+    let e = check(&shipped, 1, &running, crossing, None).unwrap_err();
     assert!(matches!(e, Refusal::Thresholds(_)), "{e}");
 }

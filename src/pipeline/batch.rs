@@ -122,6 +122,7 @@ mod tests {
                 decision: Decision::Approve,
                 reasons: Vec::new(),
                 shadow: None,
+                rules: Vec::new(),
             };
             batch.len()
         ];
@@ -166,6 +167,7 @@ mod tests {
                 decision: Decision::Approve,
                 reasons: Vec::new(),
                 shadow: None,
+                rules: Vec::new(),
             })
             .collect();
         let got: Vec<(i64, f32)> = batch.drain().map(|(_, s, v)| (s.offset, v.score)).collect();

@@ -206,6 +206,10 @@ impl Pipeline {
 /// The model in use, in the metrics: its version and thresholds.
 fn show_model(shared: &Shared, scorer: &Scorer) {
     let m = &shared.metrics;
+    // Every rule in use is shown from the start, at 0 until it fires.
+    for rule in scorer.rules().into_iter().flat_map(|r| r.names()) {
+        m.rule_hits.with_label_values(&[rule]);
+    }
     m.model_info.reset();
     m.model_info
         .with_label_values(&[scorer.model().version()])
@@ -225,13 +229,18 @@ impl Worker {
     /// Swaps in a checked model if one is waiting: called between two batches, so that every
     /// transaction is prepared and scored by one model.
     fn swap_model(&mut self) {
-        let Ok(Candidate { model, thresholds }) = self.candidates.try_recv() else {
+        let Ok(Candidate {
+            model,
+            thresholds,
+            rules,
+        }) = self.candidates.try_recv()
+        else {
             return;
         };
         let from = self.scorer.model().version().to_string();
-        if let Err(e) = self.scorer.replace_model(model, thresholds) {
-            // Both models' features parsed at load, so this is not expected; the old model stays.
-            warn!(error = %e, "reload refused: the new model and the shadow cannot be served together");
+        if let Err(e) = self.scorer.replace(Some((model, thresholds)), rules) {
+            // Every feature parsed at load, so this is not expected; the running ones stay.
+            warn!(error = %e, "reload refused: the new model, the rules and the shadow cannot be served together");
             self.shared
                 .metrics
                 .model_reloads
@@ -462,6 +471,11 @@ impl Worker {
         m.decisions
             .with_label_values(&[verdict.decision.as_str()])
             .inc();
+        if let Some(rules) = self.scorer.rules() {
+            for &rule in &verdict.rules {
+                m.rule_hits.with_label_values(&[rules.name(rule)]).inc();
+            }
+        }
         if let Some(shadow) = verdict.shadow {
             m.shadow_decisions
                 .with_label_values(&[verdict.decision.as_str(), shadow.decision.as_str()])

@@ -44,6 +44,8 @@ pub struct Config {
     #[serde(default)]
     pub rules: RulesConfig,
     #[serde(default)]
+    pub pipeline: PipelineSection,
+    #[serde(default)]
     pub http: HttpConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -203,6 +205,28 @@ impl EngineSection {
             max_events_per_customer: self.max_events_per_customer,
         }
     }
+}
+
+/// How many pipelines an instance runs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Pipeline threads, each with its own consumer in the group, producer and window state;
+    /// the group spreads the input partitions over them. Default: the number of cores.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+impl Default for PipelineSection {
+    fn default() -> Self {
+        PipelineSection {
+            threads: default_threads(),
+        }
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Rules beside the model.
@@ -403,6 +427,21 @@ impl Config {
         c
     }
 
+    /// The config of pipeline `lane`, when an instance runs several: its client ids told apart
+    /// (a static member id, `group.instance.id`, must be unique in the group).
+    pub fn for_lane(&self, lane: usize) -> Config {
+        let mut c = self.clone();
+        let k = &mut c.kafka;
+        for table in [&mut k.common, &mut k.consumer, &mut k.producer] {
+            for key in ["client.id", "group.instance.id"] {
+                if let Some(v) = table.get_mut(key) {
+                    v.0 = format!("{}-{lane}", v.0);
+                }
+            }
+        }
+        c
+    }
+
     /// Reads `path`, applies `FRAUDSCORE__*` variables from `env`, and checks every key.
     pub fn load(
         path: &Path,
@@ -456,6 +495,9 @@ impl Config {
         }
         if m.max_batch == 0 {
             return Err("model.max_batch must be at least 1".into());
+        }
+        if self.pipeline.threads == 0 {
+            return Err("pipeline.threads must be at least 1".into());
         }
         // Against the model's own thresholds the pair is checked again once the model is loaded.
         let (review, decline) = (m.review_threshold, m.decline_threshold);
@@ -585,6 +627,36 @@ mod tests {
             let e = set(bad).unwrap_err();
             assert!(e.to_string().contains("threshold"), "{e}");
         }
+    }
+
+    /// One pipeline per core unless set; each pipeline's clients get their own ids.
+    #[test]
+    fn pipelines_default_to_the_cores_and_tell_their_clients_apart() {
+        let c = Config::parse(&shipped(), "fraudscore.toml", []).unwrap();
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.pipeline.threads, cores);
+        let set = |pairs: &[(&str, &str)]| Config::parse(&shipped(), "f.toml", env(pairs));
+        assert_eq!(
+            set(&[("FRAUDSCORE__PIPELINE__THREADS", "3")])
+                .unwrap()
+                .pipeline
+                .threads,
+            3
+        );
+        let e = set(&[("FRAUDSCORE__PIPELINE__THREADS", "0")]).unwrap_err();
+        assert!(e.to_string().contains("pipeline.threads"), "{e}");
+        let c = set(&[
+            ("FRAUDSCORE__KAFKA__CONSUMER__GROUP_INSTANCE_ID", "host-a"),
+            ("FRAUDSCORE__KAFKA__COMMON__CLIENT_ID", "fs"),
+        ])
+        .unwrap();
+        let lane = c.for_lane(1);
+        assert_eq!(
+            lane.kafka.consumer["group.instance.id"],
+            PropertyValue("host-a-1".into())
+        );
+        assert_eq!(lane.kafka.common["client.id"], PropertyValue("fs-1".into()));
+        assert_eq!(lane.kafka.brokers, c.kafka.brokers);
     }
 
     #[test]

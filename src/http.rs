@@ -18,11 +18,11 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::features::FeatureSpec;
-use crate::shared::Shared;
+use crate::shared::Lanes;
 
 #[derive(Clone)]
 struct AppState {
-    shared: Arc<Shared>,
+    lanes: Arc<Lanes>,
     spec: Arc<FeatureSpec>,
     /// The bearer token the lookup listener requires, if any.
     token: Option<Arc<str>>,
@@ -37,13 +37,13 @@ pub struct Limits {
 }
 
 /// The operations listener: `/metrics`, `/healthz`, `/readyz`. Safe to expose to the scraper.
-pub fn ops_router(shared: Arc<Shared>, spec: Arc<FeatureSpec>) -> Router {
+pub fn ops_router(lanes: Arc<Lanes>, spec: Arc<FeatureSpec>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(AppState {
-            shared,
+            lanes,
             spec,
             token: None,
         })
@@ -52,12 +52,12 @@ pub fn ops_router(shared: Arc<Shared>, spec: Arc<FeatureSpec>) -> Router {
 /// The lookup listener: `/customers/{id}` and `/terminals/{id}`, which show a customer's spend
 /// and a terminal's fraud labels, so it is on a port of its own and, with a token configured,
 /// answers only `Authorization: Bearer <token>`.
-pub fn lookup_router(shared: Arc<Shared>, spec: Arc<FeatureSpec>, token: Option<String>) -> Router {
+pub fn lookup_router(lanes: Arc<Lanes>, spec: Arc<FeatureSpec>, token: Option<String>) -> Router {
     Router::new()
         .route("/customers/{customer_id}", get(customer))
         .route("/terminals/{terminal_id}", get(terminal))
         .with_state(AppState {
-            shared,
+            lanes,
             spec,
             token: token.map(Arc::from),
         })
@@ -107,13 +107,13 @@ pub async fn serve(
 async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.shared.render_metrics(),
+        s.lanes.render_metrics(),
     )
         .into_response()
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    let h = &s.shared.health;
+    let h = &s.lanes;
     let model = h.is_model_loaded();
     let assigned = h.has_partitions();
     let restoring = h.is_restoring();
@@ -139,13 +139,16 @@ async fn customer(
     if let Some(refused) = unauthorized(&s, &headers) {
         return refused;
     }
-    let (store, spec, key) = (s.shared.store.clone(), s.spec.clone(), id.clone());
+    let (lanes, spec, key) = (s.lanes.clone(), s.spec.clone(), id.clone());
     let found = tokio::task::spawn_blocking(move || {
-        store.read_customer(&key, |windows| {
-            let newest = windows.newest()?;
-            let mut stats = Vec::new();
-            windows.stats(newest, spec.windows(), &mut stats);
-            Some((newest, windows.len(), stats))
+        // In the store of the pipeline holding the customer's partition.
+        lanes.stores().find_map(|store| {
+            store.read_customer(&key, |windows| {
+                let newest = windows.newest()?;
+                let mut stats = Vec::new();
+                windows.stats(newest, spec.windows(), &mut stats);
+                Some((newest, windows.len(), stats))
+            })
         })
     })
     .await
@@ -184,7 +187,7 @@ async fn terminal(
     if let Some(refused) = unauthorized(&s, &headers) {
         return refused;
     }
-    let (terminals, spec, key) = (s.shared.terminals.clone(), s.spec.clone(), id.clone());
+    let (terminals, spec, key) = (s.lanes.terminals().clone(), s.spec.clone(), id.clone());
     let now = crate::time::EventTime::now();
     let found = tokio::task::spawn_blocking(move || {
         let held = terminals.read_terminal(&key)?;
@@ -264,6 +267,7 @@ mod tests {
     use std::time::Instant;
 
     use crate::metrics::Metrics;
+    use crate::shared::Shared;
     use crate::store::Store;
 
     /// Serves `router` on a free port of a runtime of its own; the runtime lives with the guard.
@@ -292,16 +296,15 @@ mod tests {
         out
     }
 
-    fn shared() -> (Arc<Shared>, Arc<FeatureSpec>) {
+    fn shared() -> (Arc<Lanes>, Arc<FeatureSpec>) {
         let spec = Arc::new(FeatureSpec::for_model::<&str>(&[]).unwrap());
-        (
-            Shared::new(
-                Metrics::new(),
-                Arc::new(Store::default()),
-                Arc::new(crate::terminals::Terminals::new(0)),
-            ),
-            spec,
-        )
+        let shared = Shared::new(
+            Metrics::new(),
+            Arc::new(Store::default()),
+            Arc::new(crate::terminals::Terminals::new(0)),
+            Default::default(),
+        );
+        (Lanes::new(vec![shared]), spec)
     }
 
     const LIMITS: Limits = Limits {

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::decode::{self, Rejection};
 use crate::engine::Decision;
 use crate::output;
-use crate::shared::Shared;
+use crate::shared::Lanes;
 use crate::spans;
 use crate::terminals::{LabelAdmission, Terminals};
 use crate::time::EventTime;
@@ -40,18 +40,18 @@ type DlqProducer = ThreadedProducer<DefaultProducerContext>;
 /// `/readyz` is not ready.
 pub fn spawn(
     config: &Config,
-    shared: Arc<Shared>,
+    lanes: Arc<Lanes>,
     terminals: Arc<Terminals>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
-    shared.health.labels_loading(true);
+    lanes.labels_loading(true);
     let config = config.clone();
     std::thread::Builder::new()
         .name("labels".into())
         .spawn(move || {
             let mut reader = LabelReader {
                 config: &config,
-                shared: &shared,
+                lanes: &lanes,
                 terminals: &terminals,
             };
             while !stop.load(Ordering::Relaxed) {
@@ -68,7 +68,7 @@ pub fn spawn(
 
 struct LabelReader<'a> {
     config: &'a Config,
-    shared: &'a Shared,
+    lanes: &'a Lanes,
     terminals: &'a Terminals,
 }
 
@@ -95,7 +95,7 @@ impl LabelReader<'_> {
                         topic,
                         "the labels topic does not exist (yet): terminal features are 0 until it does"
                     );
-                    self.shared.health.labels_loading(false);
+                    self.lanes.labels_loading(false);
                     if sleep_unless_stopped(stop, RECHECK) {
                         return Ok(());
                     }
@@ -120,8 +120,8 @@ impl LabelReader<'_> {
         let mut next_evict = Instant::now() + RECHECK;
         let mut marks = dead_lettered;
         while !stop.load(Ordering::Relaxed) {
-            if behind.is_empty() && self.shared.health.is_labels_loading() {
-                self.shared.health.labels_loading(false);
+            if behind.is_empty() && self.lanes.is_labels_loading() {
+                self.lanes.labels_loading(false);
                 info!(
                     seconds = started.elapsed().as_secs_f64(),
                     terminals = self.terminals.terminals(),
@@ -170,7 +170,7 @@ impl LabelReader<'_> {
     }
 
     fn add(&self, label: &decode::Label, live: bool) {
-        let m = &self.shared.metrics;
+        let m = self.lanes.metrics();
         let outcome = match self.terminals.add(label) {
             LabelAdmission::Added | LabelAdmission::Changed if label.fraud => "fraud",
             LabelAdmission::Added | LabelAdmission::Changed => "genuine",
@@ -185,12 +185,13 @@ impl LabelReader<'_> {
         }
         let lag_ms = EventTime::now().millis() - label.labelled_at.millis();
         m.label_lag_seconds.observe(lag_ms.max(0) as f64 / 1000.0);
-        // Only the instance holding the customer finds the decision: counted once in the group.
-        let store = &self.shared.store;
-        let id_hash = store.id_hash(&label.transaction_id);
-        let decision = store
-            .outcome(label.customer_id.as_str(), label.timestamp, id_hash)
-            .and_then(Decision::from_code);
+        // Only the pipeline holding the customer finds the decision: counted once in the group.
+        let decision = self.lanes.stores().find_map(|store| {
+            let id_hash = store.id_hash(&label.transaction_id);
+            store
+                .outcome(label.customer_id.as_str(), label.timestamp, id_hash)
+                .and_then(Decision::from_code)
+        });
         if let Some(decision) = decision {
             let truth = if label.fraud { "fraud" } else { "genuine" };
             m.labelled_decisions
@@ -210,7 +211,7 @@ impl LabelReader<'_> {
         rejection: &Rejection,
         first_time: bool,
     ) -> bool {
-        let m = &self.shared.metrics;
+        let m = self.lanes.metrics();
         m.labels.with_label_values(&["dlq"]).inc();
         if !first_time {
             return true;
@@ -240,7 +241,7 @@ impl LabelReader<'_> {
         msg: &BorrowedMessage<'_>,
         rejection: &Rejection,
     ) -> Result<(), KafkaError> {
-        let m = &self.shared.metrics;
+        let m = self.lanes.metrics();
         let reason = rejection.reason.code();
         warn!(reason, error = %rejection.message, partition = msg.partition(), offset = msg.offset(), "label dead-lettered");
         let headers = output::dead_letter_headers(

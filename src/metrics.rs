@@ -39,6 +39,7 @@ pub struct Metrics {
     pub restore_seconds: Histogram,
     pub restore_events: IntCounter,
     pub state_horizon_seconds: prometheus::GaugeVec,
+    pub pipeline_partitions: IntGaugeVec,
     pub snapshot_seconds: Histogram,
     pub snapshot_bytes: IntGauge,
     pub snapshot_failures: IntCounter,
@@ -180,6 +181,14 @@ impl Metrics {
         let restore_events = IntCounter::new(
             "fraudscore_restore_events_total",
             "Events restored into the window state: held by loaded snapshots, and input messages replayed",
+        )
+        .expect("valid metric");
+        let pipeline_partitions = IntGaugeVec::new(
+            Opts::new(
+                "fraudscore_pipeline_partitions",
+                "Input partitions each pipeline thread holds (pipeline.threads of them share the instance's)",
+            ),
+            &["pipeline"],
         )
         .expect("valid metric");
         let state_horizon_seconds = prometheus::GaugeVec::new(
@@ -337,6 +346,7 @@ impl Metrics {
             Box::new(restore_seconds.clone()),
             Box::new(restore_events.clone()),
             Box::new(state_horizon_seconds.clone()),
+            Box::new(pipeline_partitions.clone()),
             Box::new(snapshot_seconds.clone()),
             Box::new(snapshot_bytes.clone()),
             Box::new(snapshot_failures.clone()),
@@ -404,6 +414,7 @@ impl Metrics {
             restore_seconds,
             restore_events,
             state_horizon_seconds,
+            pipeline_partitions,
             snapshot_seconds,
             snapshot_bytes,
             snapshot_failures,

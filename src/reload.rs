@@ -1,7 +1,7 @@
 //! Model and rules reloads: a thread that loads and checks the model file and the rules file when asked (SIGHUP, or a change of either with `model.watch`), for the pipeline to swap in between two batches.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,6 +27,8 @@ pub struct Candidate {
     pub model: Model,
     pub thresholds: Thresholds,
     pub rules: Option<Rules>,
+    /// Pipelines still to swap this reload in: the last one counts the reload as done.
+    pub swaps_left: Arc<AtomicUsize>,
 }
 
 /// What the running state can serve exactly: set at start, since the window state keeps events
@@ -110,6 +112,7 @@ pub fn check(
         model,
         thresholds,
         rules,
+        swaps_left: Arc::new(AtomicUsize::new(1)),
     })
 }
 
@@ -125,13 +128,13 @@ pub struct ReloadOptions {
 }
 
 /// Watches for reload requests (`requested`, set on SIGHUP) until `stop`; checked models are sent
-/// to `candidates`.
+/// to `candidates`, one loaded for each pipeline.
 pub fn spawn(
     opts: ReloadOptions,
     requested: Arc<AtomicBool>,
     metrics: Metrics,
     stop: Arc<AtomicBool>,
-    candidates: Sender<Candidate>,
+    candidates: Vec<Sender<Candidate>>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("reload".into())
@@ -143,7 +146,7 @@ fn watch(
     requested: &AtomicBool,
     metrics: &Metrics,
     stop: &AtomicBool,
-    tx: &Sender<Candidate>,
+    tx: &[Sender<Candidate>],
 ) {
     let stamp = |p: &Path| {
         std::fs::metadata(p)
@@ -171,17 +174,29 @@ fn watch(
         seen = stamps();
         let path = opts.path.display().to_string();
         let rules = opts.rules.as_deref();
-        match check(
-            &opts.path,
-            opts.intra_threads,
-            &opts.limits,
-            opts.overrides,
-            rules,
-        ) {
-            Ok(candidate) => {
-                info!(%path, why, version = candidate.model.version(), "new model checked; swapping it in between two batches");
-                if tx.send(candidate).is_err() {
-                    return;
+        // Each pipeline gets its own copy (a session per thread), checked like the first.
+        let checked: Result<Vec<Candidate>, Refusal> = tx
+            .iter()
+            .map(|_| {
+                check(
+                    &opts.path,
+                    opts.intra_threads,
+                    &opts.limits,
+                    opts.overrides,
+                    rules,
+                )
+            })
+            .collect();
+        match checked {
+            Ok(candidates) => {
+                let version = candidates.first().map(|c| c.model.version().to_string());
+                info!(%path, why, ?version, "new model checked; swapping it in between two batches");
+                let swaps_left = Arc::new(AtomicUsize::new(candidates.len()));
+                for (mut candidate, tx) in candidates.into_iter().zip(tx) {
+                    candidate.swaps_left = swaps_left.clone();
+                    if tx.send(candidate).is_err() {
+                        return;
+                    }
                 }
             }
             Err(refusal) => {

@@ -1,13 +1,14 @@
 //! Starting and stopping the whole service: model, pipeline thread and HTTP server.
 
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
@@ -17,7 +18,7 @@ use crate::model::{Model, ModelError};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::rules::Rules;
 use crate::scorer::Scorer;
-use crate::shared::Shared;
+use crate::shared::{Lanes, Shared};
 use crate::store::Store;
 use crate::terminals::Terminals;
 
@@ -57,78 +58,62 @@ pub enum ServiceError {
 pub struct Service {
     /// Set by `stop` (or on drop); read by the pipeline and evictor threads.
     stop: StopOnDrop,
-    pipeline: JoinHandle<Result<(), PipelineError>>,
+    pipelines: Vec<JoinHandle<Result<(), PipelineError>>>,
     /// The labels reader, when the model takes terminal features; it ends with `stop`.
     labels: Option<JoinHandle<()>>,
     /// Loads and checks models on SIGHUP (and file changes); ends with `stop`.
     reloader: JoinHandle<()>,
-    /// Resolves when the pipeline thread ends, however it ends (a drop guard sends it).
-    pipeline_ended: oneshot::Receiver<()>,
+    /// Receives when a pipeline thread ends, however it ends (a drop guard sends it).
+    pipeline_ended: mpsc::UnboundedReceiver<()>,
     /// Set to true to stop every HTTP listener.
     http_stop: watch::Sender<bool>,
     runtime: tokio::runtime::Runtime,
-    shared: Arc<Shared>,
+    lanes: Arc<Lanes>,
     http_addr: SocketAddr,
     thresholds: Thresholds,
 }
 
-/// Dropped when the pipeline thread ends, by return or by panic.
-struct EndGuard(Option<oneshot::Sender<()>>);
+/// Dropped when a pipeline thread ends, by return or by panic.
+struct EndGuard(mpsc::UnboundedSender<()>);
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(());
-        }
+        let _ = self.0.send(());
     }
 }
 
 impl Service {
     /// Loads the model, binds the HTTP listener, connects to Kafka and starts consuming.
     pub fn start(config: Config) -> Result<Service, StartError> {
-        let model = Model::load(&config.model.path, config.model.intra_threads)?;
-        let thresholds = Thresholds::resolve(model.thresholds(), config.model.thresholds())?;
-        info!(
-            model = %config.model.path.display(),
-            version = model.version(),
-            features = ?model.spec().names(),
-            review = thresholds.review,
-            decline = thresholds.decline,
-            from_model = ?model.thresholds(),
-            "model loaded"
-        );
-        let scorer = Scorer::new(model, thresholds).with_reasons(config.model.reason_policy());
-        let scorer = match &config.model.shadow {
-            Some(path) => {
-                let shadow = Model::load(path, config.model.intra_threads)?;
-                info!(
-                    shadow = %path.display(),
-                    version = shadow.version(),
-                    features = ?shadow.spec().names(),
-                    "shadow model loaded: scored beside the model, never deciding"
-                );
-                scorer.with_shadow(shadow)?
-            }
-            None => scorer,
-        };
-        let rules = match &config.rules.file {
-            Some(path) => {
-                let rules = Rules::load(path)?;
-                info!(file = %path.display(), rules = ?rules.names().collect::<Vec<_>>(), "rules loaded");
-                Some(rules)
-            }
-            None => None,
-        };
-        let scorer = scorer.with_rules(rules)?;
-        let spec = scorer.spec().clone();
-        let store = if config.state.snapshots() {
-            Store::with_seed(crate::snapshot::state_seed(&config.state.dir)?)
+        let threads = config.pipeline.threads;
+        // One scorer per pipeline: an ONNX Runtime session is not shared between threads.
+        let scorers = (0..threads)
+            .map(|lane| scorer(&config, lane == 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        let thresholds = scorers[0].thresholds();
+        let spec = scorers[0].spec().clone();
+        // One id seed for every pipeline's store: a partition's snapshot is read back by
+        // whichever pipeline takes it.
+        let seed = if config.state.snapshots() {
+            crate::snapshot::state_seed(&config.state.dir)?
         } else {
-            Store::default()
+            std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
         };
         let engine_config = config.engine.engine_config(true);
         let terminals = Arc::new(Terminals::new(engine_config.terminal_span_ms(&spec)));
-        let shared = Shared::new(Metrics::new(), Arc::new(store), terminals.clone());
+        let metrics = Metrics::new();
+        let labels_loading = Arc::new(AtomicBool::new(false));
+        let lanes: Vec<Arc<Shared>> = (0..threads)
+            .map(|_| {
+                Shared::new(
+                    metrics.clone(),
+                    Arc::new(Store::with_seed(seed)),
+                    terminals.clone(),
+                    labels_loading.clone(),
+                )
+            })
+            .collect();
+        let lanes = Lanes::new(lanes);
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -137,12 +122,12 @@ impl Service {
             .build()?;
         let (http_stop, stopped) = watch::channel(false);
         let limits = config.http.limits();
-        let ops = crate::http::ops_router(shared.clone(), spec.clone());
+        let ops = crate::http::ops_router(lanes.clone(), spec.clone());
         let http_addr = listen(&runtime, config.http.listen, ops, limits, stopped.clone())?;
         info!(%http_addr, "HTTP listening: /metrics /healthz /readyz");
         if let Some(addr) = config.http.lookup_listen {
             let token = config.http.lookup_token.clone();
-            let lookups = crate::http::lookup_router(shared.clone(), spec.clone(), token);
+            let lookups = crate::http::lookup_router(lanes.clone(), spec.clone(), token);
             let addr = listen(&runtime, addr, lookups, limits, stopped)?;
             info!(%addr, token = config.http.lookup_token.is_some(), "HTTP listening: /customers/{{id}}");
         }
@@ -161,12 +146,22 @@ impl Service {
             overrides: config.model.thresholds(),
             rules: config.rules.file.clone(),
         };
-        let (candidates_tx, candidates) = std::sync::mpsc::channel();
-        let pipeline = Pipeline::new(config, scorer, shared.clone(), candidates)?;
+        let mut candidates_tx = Vec::with_capacity(threads);
+        let mut pipelines = Vec::with_capacity(threads);
+        for (lane, (scorer, shared)) in scorers.into_iter().zip(lanes.iter()).enumerate() {
+            let (tx, candidates) = std::sync::mpsc::channel();
+            candidates_tx.push(tx);
+            let config = if threads > 1 {
+                config.for_lane(lane)
+            } else {
+                config.clone()
+            };
+            pipelines.push(Pipeline::new(config, scorer, shared.clone(), candidates)?);
+        }
         let labels = match labels {
             Some(config) => Some(crate::labels::spawn(
                 &config,
-                shared.clone(),
+                lanes.clone(),
                 terminals,
                 stop.clone(),
             )?),
@@ -175,20 +170,26 @@ impl Service {
                 None
             }
         };
-        info!(%brokers, "consuming");
-        let stop_flag = stop.clone();
-        let (ended_tx, pipeline_ended) = oneshot::channel();
-        let pipeline = std::thread::Builder::new()
-            .name("pipeline".into())
-            .spawn(move || {
-                let _ended = EndGuard(Some(ended_tx));
+        info!(%brokers, pipelines = threads, "consuming");
+        let (ended_tx, pipeline_ended) = mpsc::unbounded_channel();
+        let mut handles = Vec::with_capacity(threads);
+        for (lane, pipeline) in pipelines.into_iter().enumerate() {
+            let (stop_flag, ended) = (stop.clone(), EndGuard(ended_tx.clone()));
+            let name = if threads > 1 {
+                format!("pipeline-{lane}")
+            } else {
+                "pipeline".into()
+            };
+            handles.push(std::thread::Builder::new().name(name).spawn(move || {
+                let _ended = ended;
                 pipeline.run(&stop_flag)
-            })?;
+            })?);
+        }
         let reload_requested = Arc::new(AtomicBool::new(false));
         let reloader = crate::reload::spawn(
             reload,
             reload_requested.clone(),
-            shared.metrics.clone(),
+            metrics.clone(),
             stop.clone(),
             candidates_tx,
         )?;
@@ -215,27 +216,29 @@ impl Service {
                 }
             }
         }
-        let (store, evicted, stop_flag) = (
-            shared.store.clone(),
-            shared.metrics.customers_evicted.clone(),
+        let (evicting, evicted, stop_flag) = (
+            lanes.clone(),
+            metrics.customers_evicted.clone(),
             stop.clone(),
         );
         std::thread::Builder::new()
             .name("evictor".into())
             .spawn(move || {
                 evict_until(&stop_flag, eviction_interval, || {
-                    evicted.inc_by(store.evict_idle(span_ms) as u64)
+                    for store in evicting.stores() {
+                        evicted.inc_by(store.evict_idle(span_ms) as u64);
+                    }
                 })
             })?;
         Ok(Service {
             stop: StopOnDrop(stop),
-            pipeline,
+            pipelines: handles,
             labels,
             reloader,
             pipeline_ended,
             http_stop,
             runtime,
-            shared,
+            lanes,
             http_addr,
             thresholds,
         })
@@ -246,17 +249,18 @@ impl Service {
         self.thresholds
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// Every pipeline's state.
+    pub fn lanes(&self) -> &Arc<Lanes> {
+        &self.lanes
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
     }
 
-    /// The pipeline stopped on its own (an error or a panic).
+    /// A pipeline stopped on its own (an error or a panic).
     pub fn is_finished(&self) -> bool {
-        self.pipeline.is_finished()
+        self.pipelines.iter().any(|p| p.is_finished())
     }
 
     /// Runs until `shutdown` completes (a signal, a test's channel) or the pipeline ends on its
@@ -266,18 +270,27 @@ impl Service {
         let why = self.runtime.block_on(async {
             tokio::select! {
                 () = shutdown => "shutdown requested",
-                _ = ended => "the pipeline ended on its own",
+                _ = ended.recv() => "a pipeline ended on its own",
             }
         });
         info!(why, "shutting down");
         self.stop()
     }
 
-    /// Stops consuming, finishes what is in flight, flushes, commits, and returns the pipeline's
-    /// result; a panic of the pipeline thread is an error too.
+    /// Stops consuming, finishes what is in flight, flushes, commits, and returns the pipelines'
+    /// result (the first error, a panic before any other); a panic of a pipeline thread is an
+    /// error too.
     pub fn stop(self) -> Result<(), ServiceError> {
         self.stop.0.store(true, Ordering::Relaxed);
-        let result = join(self.pipeline);
+        let results: Vec<_> = self.pipelines.into_iter().map(join).collect();
+        let panicked = results
+            .iter()
+            .position(|r| matches!(r, Err(ServiceError::Panicked(_))));
+        let first_error = panicked.or_else(|| results.iter().position(Result::is_err));
+        let result = match first_error {
+            Some(i) => results.into_iter().nth(i).unwrap_or(Ok(())),
+            None => Ok(()),
+        };
         // Its Kafka consumer is closed before the caller goes on (and, say, drops the cluster).
         if let Some(labels) = self.labels {
             let _ = labels.join();
@@ -287,6 +300,42 @@ impl Service {
         self.runtime.shutdown_timeout(Duration::from_secs(1));
         result
     }
+}
+
+/// The model, its shadow and the rules of `config`, loaded for one pipeline; logged once.
+fn scorer(config: &Config, log: bool) -> Result<Scorer, StartError> {
+    let m = &config.model;
+    let model = Model::load(&m.path, m.intra_threads)?;
+    let thresholds = Thresholds::resolve(model.thresholds(), m.thresholds())?;
+    if log {
+        info!(
+            model = %m.path.display(),
+            version = model.version(),
+            features = ?model.spec().names(),
+            review = thresholds.review,
+            decline = thresholds.decline,
+            from_model = ?model.thresholds(),
+            "model loaded"
+        );
+    }
+    let mut scorer = Scorer::new(model, thresholds).with_reasons(m.reason_policy());
+    if let Some(path) = &m.shadow {
+        let shadow = Model::load(path, m.intra_threads)?;
+        if log {
+            info!(
+                shadow = %path.display(),
+                version = shadow.version(),
+                features = ?shadow.spec().names(),
+                "shadow model loaded: scored beside the model, never deciding"
+            );
+        }
+        scorer = scorer.with_shadow(shadow)?;
+    }
+    let rules = config.rules.file.as_deref().map(Rules::load).transpose()?;
+    if let (true, Some(rules)) = (log, &rules) {
+        info!(file = %rules.path().display(), rules = ?rules.names().collect::<Vec<_>>(), "rules loaded");
+    }
+    Ok(scorer.with_rules(rules)?)
 }
 
 /// Binds `addr` and serves `router` on the runtime until `stop` turns true; returns the bound address.

@@ -1,4 +1,4 @@
-//! State shared by the pipeline thread, the Kafka client callbacks and the HTTP server.
+//! State shared by a pipeline thread, its Kafka client callbacks and the HTTP server, and the pipelines' state seen together.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,8 +23,8 @@ pub struct Health {
     /// their state is restored; read by `/readyz`.
     restoring: AtomicBool,
     /// Set while the labels reader reads the labels topic up to where it ended at start; read by
-    /// `/readyz`.
-    labels_loading: AtomicBool,
+    /// `/readyz` and every pipeline (one flag for all).
+    labels_loading: Arc<AtomicBool>,
 }
 
 impl Health {
@@ -87,7 +87,9 @@ impl Health {
     }
 }
 
-/// Everything more than one thread touches; see each field for who writes and who reads it.
+/// Everything more than one thread of one pipeline touches; see each field for who writes and who
+/// reads it. With `pipeline.threads` above 1 each pipeline has its own, with the metrics and the
+/// terminals in common ([`Lanes`] sees them all).
 pub struct Shared {
     /// Written by the pipeline thread and both client callbacks; read by `/metrics`.
     pub metrics: Metrics,
@@ -103,36 +105,126 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(metrics: Metrics, store: Arc<Store>, terminals: Arc<Terminals>) -> Arc<Shared> {
+    /// One pipeline's state; `labels_loading` is the flag every pipeline waits on.
+    pub fn new(
+        metrics: Metrics,
+        store: Arc<Store>,
+        terminals: Arc<Terminals>,
+        labels_loading: Arc<AtomicBool>,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             metrics,
             store,
             terminals,
-            health: Health::default(),
+            health: Health {
+                labels_loading,
+                ..Health::default()
+            },
             offsets: Mutex::default(),
         })
-    }
-
-    /// The Prometheus text, with the state gauges read at this moment.
-    pub fn render_metrics(&self) -> String {
-        let m = &self.metrics;
-        m.ready.set(i64::from(self.health.is_ready()));
-        m.customers.set(self.store.customers() as i64);
-        m.window_events.set(self.store.window_events());
-        m.customers_full.inc_by(self.store.take_full_refusals());
-        m.terminals.set(self.terminals.terminals() as i64);
-        m.terminal_labels.set(self.terminals.labels_held());
-        m.state_horizon_seconds.reset();
-        for (partition, ms) in self.store.horizons() {
-            m.state_horizon_seconds
-                .with_label_values(&[partition.to_string()])
-                .set(ms as f64 / 1000.0);
-        }
-        m.render()
     }
 
     pub fn offsets(&self) -> MutexGuard<'_, OffsetTracker> {
         // A panic elsewhere must not stop deliveries being recorded: the data is still consistent.
         self.offsets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Every pipeline's state, for what looks at the instance as a whole: `/metrics`, `/readyz`,
+/// `/customers`, the labels reader and the evictor.
+pub struct Lanes {
+    lanes: Vec<Arc<Shared>>,
+}
+
+impl Lanes {
+    /// At least one pipeline's state; all share their metrics, terminals and labels flag.
+    pub fn new(lanes: Vec<Arc<Shared>>) -> Arc<Lanes> {
+        assert!(!lanes.is_empty(), "an instance runs at least one pipeline");
+        Arc::new(Lanes { lanes })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Shared>> {
+        self.lanes.iter()
+    }
+
+    fn first(&self) -> &Shared {
+        &self.lanes[0]
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.first().metrics
+    }
+
+    pub fn terminals(&self) -> &Arc<Terminals> {
+        &self.first().terminals
+    }
+
+    /// The labels flag, common to all pipelines.
+    pub fn labels_loading(&self, yes: bool) {
+        self.first().health.labels_loading(yes);
+    }
+
+    pub fn is_labels_loading(&self) -> bool {
+        self.first().health.is_labels_loading()
+    }
+
+    pub fn is_model_loaded(&self) -> bool {
+        self.lanes.iter().all(|l| l.health.is_model_loaded())
+    }
+
+    pub fn is_restoring(&self) -> bool {
+        self.lanes.iter().any(|l| l.health.is_restoring())
+    }
+
+    /// Partitions held by any pipeline, ascending.
+    pub fn held(&self) -> Vec<i32> {
+        let mut held: Vec<i32> = self.lanes.iter().flat_map(|l| l.health.held()).collect();
+        held.sort_unstable();
+        held
+    }
+
+    pub fn has_partitions(&self) -> bool {
+        self.lanes.iter().any(|l| l.health.has_partitions())
+    }
+
+    /// Scoring: every model loaded, partitions held, and no state or labels still being read.
+    pub fn is_ready(&self) -> bool {
+        self.is_model_loaded()
+            && self.has_partitions()
+            && !self.is_restoring()
+            && !self.is_labels_loading()
+    }
+
+    /// The stores of the pipelines; a customer is in at most one (its partition's).
+    pub fn stores(&self) -> impl Iterator<Item = &Arc<Store>> {
+        self.lanes.iter().map(|l| &l.store)
+    }
+
+    /// The Prometheus text, with the state gauges read at this moment.
+    pub fn render_metrics(&self) -> String {
+        let m = self.metrics();
+        m.ready.set(i64::from(self.is_ready()));
+        m.customers
+            .set(self.stores().map(|s| s.customers() as i64).sum());
+        m.window_events
+            .set(self.stores().map(|s| s.window_events()).sum());
+        m.customers_full
+            .inc_by(self.stores().map(|s| s.take_full_refusals()).sum());
+        let terminals = self.terminals();
+        m.terminals.set(terminals.terminals() as i64);
+        m.terminal_labels.set(terminals.labels_held());
+        m.state_horizon_seconds.reset();
+        for (partition, ms) in self.stores().flat_map(|s| s.horizons()) {
+            m.state_horizon_seconds
+                .with_label_values(&[partition.to_string()])
+                .set(ms as f64 / 1000.0);
+        }
+        m.pipeline_partitions.reset();
+        for (i, lane) in self.lanes.iter().enumerate() {
+            m.pipeline_partitions
+                .with_label_values(&[i.to_string()])
+                .set(lane.health.held().len() as i64);
+        }
+        m.render()
     }
 }

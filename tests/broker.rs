@@ -644,6 +644,33 @@ enum Disk {
 
 /// Snapshots every second, so that a kill finds some on disk.
 const SNAPSHOT_EVERY_SECOND: (&str, &str) = ("FRAUDSCORE__STATE__SNAPSHOT_INTERVAL", "1s");
+/// Two pipelines in one instance, whatever the machine's cores.
+const TWO_PIPELINES: (&str, &str) = ("FRAUDSCORE__PIPELINE__THREADS", "2");
+/// One pipeline: with several, a partition can move between them as they join the group at
+/// start, and be restored twice, so counts of restores by source are exact only with one.
+const ONE_PIPELINE: (&str, &str) = ("FRAUDSCORE__PIPELINE__THREADS", "1");
+
+/// Waits until each of the instance's `n` pipelines holds partitions, together all of them: the
+/// group has settled after every pipeline joined it.
+fn wait_pipelines(service: &Instance, n: usize) {
+    let held = |lane: usize| {
+        service.metric(&format!(
+            "fraudscore_pipeline_partitions{{pipeline=\"{lane}\"}}"
+        ))
+    };
+    let start = Instant::now();
+    loop {
+        let each: Vec<f64> = (0..n).map(held).collect();
+        if each.iter().all(|&h| h > 0.0) && each.iter().sum::<f64>() == PARTITIONS as f64 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the pipelines never settled: {each:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
 
 /// Stops an instance mid-stream with `sig`, does `disk` to its state directory, restarts, and
 /// checks that every id reaches an output with the features of one uninterrupted run. Returns
@@ -655,9 +682,22 @@ fn stop_mid_stream_and_restart(sig: &str, disk: Disk) -> Instance {
     let test = format!("stop{}{disk:?}", sig.trim_start_matches('-')).to_lowercase();
     let names = fresh(&brokers, &test);
     let input = workload("s", 2000, 50);
-    let service = Instance::start(&brokers, &names, &[SNAPSHOT_EVERY_SECOND]);
+    // Written by two pipelines, read back by one: a partition's state is its own, whichever
+    // pipeline held it.
+    let service = Instance::start(&brokers, &names, &[SNAPSHOT_EVERY_SECOND, TWO_PIPELINES]);
+    wait_pipelines(&service, 2);
     let load = produce_in_background(&brokers, &names.input, input.clone(), 500);
-    std::thread::sleep(Duration::from_millis(2500));
+    // Mid-stream, once a good part is scored (so every partition has committed offsets), not
+    // after a fixed time: how fast the first messages come through depends on the broker.
+    let start = Instant::now();
+    while service.metric("fraudscore_transactions_total{outcome=\"scored\"}") < 600.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "600 transactions never scored"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     let (status, took) = service.signal(sig);
     if sig == "-TERM" {
         assert!(status.success(), "SIGTERM exit: {status:?}");
@@ -688,7 +728,7 @@ fn stop_mid_stream_and_restart(sig: &str, disk: Disk) -> Instance {
             }
         }
     }
-    let restarted = Instance::start(&brokers, &names, &[SNAPSHOT_EVERY_SECOND]);
+    let restarted = Instance::start(&brokers, &names, &[SNAPSHOT_EVERY_SECOND, ONE_PIPELINE]);
     load.join().unwrap();
     let wanted: HashSet<String> = (0..input.len()).map(|i| format!("s-{i}")).collect();
     let (scored, dlq) = read_outputs(&brokers, &names, Duration::from_secs(90), |s, _| {
@@ -864,6 +904,33 @@ fn two_instances_split_the_partitions_and_output_every_id() {
         restored_from(&b, "snapshot") > 0.0,
         "the survivor read the snapshots its peer wrote at SIGTERM into the shared directory"
     );
+}
+
+/// `pipeline.threads = 2`: the instance's two pipelines split the partitions between them (each
+/// its own consumer in the group, producer and window state), every id is output, and every
+/// output has the features of one uninterrupted run, whichever pipeline held its customer.
+#[test]
+fn two_pipelines_in_one_instance_split_the_partitions_and_output_every_id_exactly() {
+    let Some(brokers) = broker() else { return };
+    let names = fresh(&brokers, "lanes");
+    let service = Instance::start(&brokers, &names, &[TWO_PIPELINES]);
+    wait_pipelines(&service, 2);
+    let input = workload("l", 1500, 64);
+    produce_in_background(&brokers, &names.input, input.clone(), 1000)
+        .join()
+        .unwrap();
+    let (scored, dlq) = read_outputs(&brokers, &names, Duration::from_secs(60), |s, _| {
+        s.len() >= input.len()
+    });
+    assert!(dlq.is_empty());
+    let ids = ids_of(&scored);
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), input.len(), "every id output");
+    assert_eq!(
+        service.metric("fraudscore_transactions_total{outcome=\"scored\"}"),
+        input.len() as f64
+    );
+    assert_features_exact(&brokers, &names);
 }
 
 /// The feedback loop on the real broker: transactions at eight terminals are scored, then their

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fraudscore::config::Config;
 use fraudscore::service::{Service, ServiceError};
-use fraudscore::shared::Shared;
+use fraudscore::shared::Lanes;
 use fraudscore_contract::headers;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -137,9 +137,7 @@ fn stop_in_background(service: Service) -> mpsc::Receiver<Result<(), ServiceErro
 /// Starts a service and waits (bounded) until the group gave it partitions.
 fn start_with_partitions(config: Config) -> Running {
     let service = Running::start(config);
-    let waited = wait_until(Duration::from_secs(30), || {
-        service.shared().health.has_partitions()
-    });
+    let waited = wait_until(Duration::from_secs(30), || service.lanes().has_partitions());
     assert!(waited, "the service got no partitions within 30 s");
     service
 }
@@ -447,7 +445,7 @@ fn an_output_the_producer_refuses_is_dead_lettered_truncated_and_the_partition_k
         scored >= normal.len() && dlq >= 2
     });
     let took = sent_at.elapsed();
-    let metrics = service.shared().render_metrics();
+    let metrics = service.lanes().render_metrics();
     let (stopped, stop_took) = service.stop_within(Duration::from_secs(30));
     let seen = reader.finish(Duration::from_millis(500), Duration::from_secs(5));
     let (committed, ends) = committed_and_ends(&brokers, 1);
@@ -613,14 +611,14 @@ struct Sample {
     b: Vec<i32>,
 }
 
-fn sample_health(a: Arc<Shared>, b: Arc<Shared>, done: Arc<AtomicBool>) -> JoinHandle<Vec<Sample>> {
+fn sample_health(a: Arc<Lanes>, b: Arc<Lanes>, done: Arc<AtomicBool>) -> JoinHandle<Vec<Sample>> {
     std::thread::spawn(move || {
         let mut samples = Vec::new();
         while !done.load(Ordering::Relaxed) {
             samples.push(Sample {
                 at: Instant::now(),
-                a: a.health.held(),
-                b: b.health.held(),
+                a: a.held(),
+                b: b.held(),
             });
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -655,7 +653,7 @@ fn rebalance_under_load(protocol: Protocol) {
     );
     let a = start_with_partitions(config.clone());
     // Kept past A's stop, for its metrics.
-    let a_shared = a.shared().clone();
+    let a_shared = a.lanes().clone();
     let reader = Reader::start(&brokers);
     let t0 = Instant::now();
     let sender = send_load(&brokers);
@@ -664,14 +662,14 @@ fn rebalance_under_load(protocol: Protocol) {
     let b_started = Instant::now();
     let b = Running::start(config);
     let done_sampling = Arc::new(AtomicBool::new(false));
-    let sampler = sample_health(a_shared.clone(), b.shared().clone(), done_sampling.clone());
+    let sampler = sample_health(a_shared.clone(), b.lanes().clone(), done_sampling.clone());
 
     // B's join is a rebalance: stop A once it is over (B holds partitions) and ~1.5 s passed.
     let b_joined = wait_until(Duration::from_secs(30), || {
-        b.shared().health.has_partitions() && b_started.elapsed() >= Duration::from_millis(1500)
+        b.lanes().has_partitions() && b_started.elapsed() >= Duration::from_millis(1500)
     });
     assert!(b_joined, "instance B got no partitions within 30 s");
-    let a_held_before_stop = a.shared().health.held();
+    let a_held_before_stop = a.lanes().held();
     let a_stop_called = Instant::now();
     let (a_stopped, a_stop_took) = a.stop_within(Duration::from_secs(30));
     let a_stop_returned = Instant::now();
@@ -683,7 +681,7 @@ fn rebalance_under_load(protocol: Protocol) {
     let all_out_at = t0.elapsed();
     done_sampling.store(true, Ordering::Relaxed);
     let samples = sampler.join().expect("sampler");
-    let b_metrics = b.shared().render_metrics();
+    let b_metrics = b.lanes().render_metrics();
     let (b_stopped, b_stop_took) = b.stop_within(Duration::from_secs(30));
     sender.join().expect("sender");
     let outputs = reader.finish(Duration::from_secs(2), Duration::from_secs(15));

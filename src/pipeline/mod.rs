@@ -233,6 +233,7 @@ impl Worker {
             model,
             thresholds,
             rules,
+            swaps_left,
         }) = self.candidates.try_recv()
         else {
             return;
@@ -250,11 +251,14 @@ impl Worker {
         }
         self.engine.set_spec(self.scorer.spec().clone());
         show_model(&self.shared, &self.scorer);
-        self.shared
-            .metrics
-            .model_reloads
-            .with_label_values(&["ok"])
-            .inc();
+        // Counted once every pipeline scores with it.
+        if swaps_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared
+                .metrics
+                .model_reloads
+                .with_label_values(&["ok"])
+                .inc();
+        }
         info!(
             from,
             to = self.scorer.model().version(),

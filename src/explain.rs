@@ -154,6 +154,20 @@ enum Node {
 }
 
 impl Node {
+    /// Whether `x` takes the true branch here; None at a leaf.
+    fn goes_true(&self, x: &[f32]) -> Option<bool> {
+        match *self {
+            Node::Split {
+                feature,
+                test,
+                threshold,
+                missing_true,
+                ..
+            } => Some(Tree::branch(x, feature, test, threshold, missing_true)),
+            Node::Leaf { .. } => None,
+        }
+    }
+
     fn cover(&self) -> f64 {
         match *self {
             Node::Split { cover, .. } | Node::Leaf { cover, .. } => cover,
@@ -415,16 +429,8 @@ impl Tree {
         loop {
             match self.nodes[i] {
                 Node::Leaf { value, .. } => return value,
-                Node::Split {
-                    feature,
-                    test,
-                    threshold,
-                    missing_true,
-                    yes,
-                    no,
-                    ..
-                } => {
-                    i = if Tree::branch(x, feature, test, threshold, missing_true) {
+                Node::Split { yes, no, .. } => {
+                    i = if self.nodes[i].goes_true(x) == Some(true) {
                         yes
                     } else {
                         no
@@ -671,16 +677,7 @@ impl Explainer {
         let mut scratch = Scratch::default();
         for tree in &self.trees {
             goes_true.clear();
-            goes_true.extend(tree.nodes.iter().map(|n| match *n {
-                Node::Split {
-                    feature,
-                    test,
-                    threshold,
-                    missing_true,
-                    ..
-                } => Tree::branch(row, feature, test, threshold, missing_true),
-                Node::Leaf { .. } => false,
-            }));
+            goes_true.extend(tree.nodes.iter().map(|n| n.goes_true(row) == Some(true)));
             for leaf in &tree.leaves {
                 leaf.add_parts(&goes_true, &self.quadrature, &mut scratch, phi);
             }
@@ -741,25 +738,22 @@ mod tests {
             Node::Leaf { value, .. } => value,
             Node::Split {
                 feature,
-                test,
-                threshold,
-                missing_true,
                 yes,
                 no,
                 cover,
-            } => {
-                if known & (1 << feature) != 0 {
-                    let next = if Tree::branch(x, feature, test, threshold, missing_true) {
-                        yes
-                    } else {
-                        no
-                    };
-                    conditional(tree, x, known, next)
+                ..
+            } if known & (1 << feature) == 0 => {
+                (tree.nodes[yes].cover() * conditional(tree, x, known, yes)
+                    + tree.nodes[no].cover() * conditional(tree, x, known, no))
+                    / cover
+            }
+            Node::Split { yes, no, .. } => {
+                let next = if tree.nodes[node].goes_true(x) == Some(true) {
+                    yes
                 } else {
-                    (tree.nodes[yes].cover() * conditional(tree, x, known, yes)
-                        + tree.nodes[no].cover() * conditional(tree, x, known, no))
-                        / cover
-                }
+                    no
+                };
+                conditional(tree, x, known, next)
             }
         }
     }

@@ -1123,21 +1123,19 @@ fn labels_change_later_scores_on_every_instance_and_the_replay_agrees() {
     assert_features_exact(&brokers, &names);
 }
 
-/// Sends SIGHUP to the service.
-fn hup(service: &Instance) {
+/// Sends SIGHUP to the service and waits until it counted the reload's `result` ("ok" or
+/// "refused") `times` times in all.
+fn reload_and_wait(service: &Instance, result: &str, times: f64) {
     Command::new("kill")
         .args(["-HUP", &service.child.id().to_string()])
         .status()
         .unwrap();
-}
-
-/// Waits until the service's `metric` reaches `value`.
-fn wait_for_metric(service: &Instance, metric: &str, value: f64) {
+    let metric = format!("fraudscore_model_reloads_total{{result=\"{result}\"}}");
     let start = Instant::now();
-    while service.metric(metric) < value {
+    while service.metric(&metric) < times {
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "{metric} never reached {value}"
+            "{metric} never reached {times}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -1189,12 +1187,7 @@ fn sighup_swaps_in_a_checked_model_and_a_bad_one_changes_nothing() {
 
     // Not a model: refused, and the shipped model goes on scoring.
     std::fs::write(&model, b"not an ONNX model").unwrap();
-    hup(&service);
-    wait_for_metric(
-        &service,
-        "fraudscore_model_reloads_total{result=\"refused\"}",
-        1.0,
-    );
+    reload_and_wait(&service, "refused", 1.0);
     let refused = score_round(&p, &brokers, &names, "refused", &mut sent);
     assert_eq!(refused.len(), 40);
     assert!(refused.iter().all(|v| version(v) == shipped));
@@ -1206,12 +1199,7 @@ fn sighup_swaps_in_a_checked_model_and_a_bad_one_changes_nothing() {
     // Another valid model: swapped in; every later output is its, with its features.
     std::fs::copy(root().join("tests/data/tiny.onnx"), &model).unwrap();
     let tiny = Model::load(&model, 1).unwrap();
-    hup(&service);
-    wait_for_metric(
-        &service,
-        "fraudscore_model_reloads_total{result=\"ok\"}",
-        1.0,
-    );
+    reload_and_wait(&service, "ok", 1.0);
     let after = score_round(&p, &brokers, &names, "after", &mut sent);
     assert_eq!(after.len(), 40);
     for v in &after {
@@ -1305,12 +1293,7 @@ fn a_shadow_model_is_scored_beside_the_model_and_through_a_reload() {
     assert_eq!(counted, 40.0);
 
     std::fs::copy(model_path(), &model).unwrap();
-    hup(&service);
-    wait_for_metric(
-        &service,
-        "fraudscore_model_reloads_total{result=\"ok\"}",
-        1.0,
-    );
+    reload_and_wait(&service, "ok", 1.0);
     let after = score_round(&p, &brokers, &names, "after", &mut sent);
     assert_eq!(after.len(), 40);
     for v in &after {
@@ -1363,12 +1346,7 @@ fn rules_decide_beside_the_model_and_reload_on_sighup() {
 
     // A rule naming no feature the engine knows: refused, and "big" goes on firing.
     std::fs::write(&file, rule("typo", "amout > 1", "review")).unwrap();
-    hup(&service);
-    wait_for_metric(
-        &service,
-        "fraudscore_model_reloads_total{result=\"refused\"}",
-        1.0,
-    );
+    reload_and_wait(&service, "refused", 1.0);
     let refused = score_round(&p, &brokers, &names, "refused", &mut sent);
     assert!(refused.iter().any(|v| fired(v) == ["big"]));
 
@@ -1378,12 +1356,7 @@ fn rules_decide_beside_the_model_and_reload_on_sighup() {
         rule("busy_hour", "customer_tx_count_1h >= 3", "review"),
     )
     .unwrap();
-    hup(&service);
-    wait_for_metric(
-        &service,
-        "fraudscore_model_reloads_total{result=\"ok\"}",
-        1.0,
-    );
+    reload_and_wait(&service, "ok", 1.0);
     let after = score_round(&p, &brokers, &names, "after", &mut sent);
     assert_eq!(after.len(), 40);
     for v in &after {

@@ -255,6 +255,29 @@ fn a_stump_explains_as_worked_out_by_hand_and_bad_covers_are_refused() {
     assert!(e.to_string().contains("node 0 covers 40"), "{e}");
 }
 
+/// Replays `input` (JSON lines) through an engine computing what `scorer` needs, in batches of 8,
+/// and returns the outputs; nothing may be dead-lettered.
+fn replay_scored(scorer: &mut Scorer, input: &str) -> Vec<Value> {
+    let spec = fraudscore::features::FeatureSpec::clone(scorer.spec());
+    let mut engine = Engine::new(spec, &EngineConfig::default(), Arc::new(Store::default()));
+    let (mut out, mut dlq) = (Vec::new(), Vec::new());
+    fraudscore::replay::replay(
+        &mut engine,
+        Some(scorer),
+        8,
+        input.as_bytes(),
+        &mut out,
+        &mut dlq,
+        None,
+    )
+    .unwrap();
+    assert!(dlq.is_empty(), "{}", String::from_utf8_lossy(&dlq));
+    out.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
+
 fn fixture(name: &str) -> Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     serde_json::from_slice(&std::fs::read(root.join("models/fixtures").join(name)).unwrap())
@@ -360,26 +383,9 @@ fn flagged_outputs_carry_reasons_with_their_values() {
         .collect();
     let run = |thresholds: Thresholds, reasons_for: ReasonsFor, top: usize| -> Vec<Value> {
         let model = Model::load(&root.join("models/fraud.onnx"), 1).unwrap();
-        let spec = model.spec().clone();
         let mut scorer =
             Scorer::new(model, thresholds).with_reasons(ReasonPolicy { reasons_for, top });
-        let mut engine = Engine::new(spec, &EngineConfig::default(), Arc::new(Store::default()));
-        let (mut out, mut dlq) = (Vec::new(), Vec::new());
-        fraudscore::replay::replay(
-            &mut engine,
-            Some(&mut scorer),
-            8,
-            input.as_bytes(),
-            &mut out,
-            &mut dlq,
-            None,
-        )
-        .unwrap();
-        assert!(dlq.is_empty());
-        out.split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap())
-            .collect()
+        replay_scored(&mut scorer, &input)
     };
     let everything_reviewed = Thresholds {
         review: 0.0,
@@ -448,24 +454,7 @@ fn a_shadow_scores_as_it_would_alone_and_never_decides() {
         if let Some(shadow) = shadow {
             scorer = scorer.with_shadow(Model::load(shadow, 1).unwrap()).unwrap();
         }
-        let spec = fraudscore::features::FeatureSpec::clone(scorer.spec());
-        let mut engine = Engine::new(spec, &EngineConfig::default(), Arc::new(Store::default()));
-        let (mut out, mut dlq) = (Vec::new(), Vec::new());
-        fraudscore::replay::replay(
-            &mut engine,
-            Some(&mut scorer),
-            7,
-            input.as_bytes(),
-            &mut out,
-            &mut dlq,
-            None,
-        )
-        .unwrap();
-        assert!(dlq.is_empty());
-        out.split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap())
-            .collect()
+        replay_scored(&mut scorer, &input)
     };
     let (tiny, shipped) = (data("tiny.onnx"), root.join("models/fraud.onnx"));
     let alone = run(&tiny, None);
@@ -532,23 +521,7 @@ action = "approve"
         let model = Model::load(&root.join("models/fraud.onnx"), 1).unwrap();
         let thresholds = model.thresholds().unwrap();
         let mut scorer = Scorer::new(model, thresholds).with_rules(rules).unwrap();
-        let spec = fraudscore::features::FeatureSpec::clone(scorer.spec());
-        let mut engine = Engine::new(spec, &EngineConfig::default(), Arc::new(Store::default()));
-        let (mut out, mut dlq) = (Vec::new(), Vec::new());
-        fraudscore::replay::replay(
-            &mut engine,
-            Some(&mut scorer),
-            8,
-            input.as_bytes(),
-            &mut out,
-            &mut dlq,
-            None,
-        )
-        .unwrap();
-        out.split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap())
-            .collect()
+        replay_scored(&mut scorer, &input)
     };
     let plain = run(None);
     let ruled = run(Some(Rules::load(&file).unwrap()));

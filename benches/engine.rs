@@ -3,112 +3,21 @@
 //! for reviews and declines, for none and for all), and one row's reason codes alone.
 //!
 //! `cargo bench --bench engine`; `BENCH_WARM_DAYS` (default 7) sets how much history is loaded first.
-//! `cargo bench --bench engine -- pipelines` compares 1 and 2 pipeline threads.
 
 use std::hint::black_box;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fraudscore::engine::{Engine, EngineConfig, Prepared};
+use fraudscore::engine::Prepared;
 use fraudscore::explain::{ReasonPolicy, ReasonsFor};
-use fraudscore::features::FeatureSpec;
-use fraudscore::model::Model;
-use fraudscore::output;
-use fraudscore::scorer::{Scorer, Verdict};
-use fraudscore::store::Store;
-use fraudscore::time::EventTime;
+use fraudscore::scorer::Verdict;
 
 #[path = "common/population.rs"]
 mod population;
-use population::{Stream, CUSTOMERS, PER_CUSTOMER_PER_WEEK};
-
-fn model() -> Model {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud.onnx");
-    Model::load(&path, 1).expect("models/fraud.onnx (run scripts/setup.sh)")
-}
-
-/// One pipeline's engine, fed its share of the population: the customers whose id hashes to
-/// `lane` of `lanes` (all of them for one lane), from a stream of its own.
-struct Lane {
-    engine: Engine,
-    stream: Stream,
-    lane: u64,
-    lanes: u64,
-}
-
-impl Lane {
-    /// With `BENCH_WARM_DAYS` (default 7) of its share of the history already in its windows.
-    fn warmed(spec: FeatureSpec, lane: u64, lanes: u64) -> Lane {
-        let days: u64 = std::env::var("BENCH_WARM_DAYS")
-            .ok()
-            .and_then(|d| d.parse().ok())
-            .unwrap_or(7);
-        let events = days * CUSTOMERS * PER_CUSTOMER_PER_WEEK / 7;
-        let engine = Engine::new(spec, &EngineConfig::default(), Arc::new(Store::default()));
-        let mut l = Lane {
-            engine,
-            stream: Stream::new(7, 1 << 24),
-            lane,
-            lanes,
-        };
-        let started = Instant::now();
-        for _ in 0..events {
-            let _ = black_box(l.prepare());
-        }
-        eprintln!(
-            "lane {lane}/{lanes}: warmed {days} days ({events} events of the population) in {:.1?}: {} customers, {} events held",
-            started.elapsed(),
-            l.engine.store().customers(),
-            l.engine.store().window_events()
-        );
-        l
-    }
-
-    /// The next transaction of this lane's share, prepared (None if the engine rejects it).
-    fn prepare(&mut self) -> Option<Prepared> {
-        loop {
-            let (key, value) = self.stream.next_message();
-            let mine = self.lanes == 1 || xxhash_rust::xxh3::xxh3_64(key) % self.lanes == self.lane;
-            if mine {
-                return self.engine.prepare(0, 0, Some(key), value).ok();
-            }
-        }
-    }
-
-    /// Decode, windows, features, ONNX score and output encoding for `batch` transactions;
-    /// returns the outputs' bytes.
-    fn end_to_end(
-        &mut self,
-        scorer: &mut Scorer,
-        batch: usize,
-        prepared: &mut Vec<Prepared>,
-        verdicts: &mut Vec<Verdict>,
-    ) -> usize {
-        prepared.clear();
-        while prepared.len() < batch {
-            if let Some(p) = self.prepare() {
-                prepared.push(p);
-            }
-        }
-        scorer.score(prepared, verdicts).expect("inference");
-        let now = EventTime::now();
-        prepared
-            .iter()
-            .zip(verdicts.iter())
-            .map(|(p, v)| output::scored(self.engine.spec(), p, Some((v, &*scorer)), now).len())
-            .sum()
-    }
-}
-
-/// The shipped model with its own thresholds: they set how many transactions are flagged, and
-/// so explained.
-fn scorer() -> Scorer {
-    let shipped = model();
-    let thresholds = shipped.thresholds().unwrap_or_default();
-    Scorer::new(shipped, thresholds)
-}
+use population::Stream;
+#[path = "common/lane.rs"]
+mod lane;
+use lane::{model, scorer, Lane};
 
 fn benches(c: &mut Criterion) {
     let mut scorer = scorer();
@@ -200,55 +109,9 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-/// End to end at the default batch with 1 and 2 pipelines, each a thread with its own engine,
-/// window state and model, fed its share of the same population (so the state held in all is
-/// the same): what `pipeline.threads` gives on this machine.
-fn pipelines(c: &mut Criterion) {
-    let mut g = c.benchmark_group("engine");
-    g.measurement_time(Duration::from_secs(10));
-    for n in [1u64, 2] {
-        let spec = scorer().model().spec().clone();
-        let mut lanes: Vec<(Lane, Scorer)> = std::thread::scope(|s| {
-            let warming: Vec<_> = (0..n)
-                .map(|i| {
-                    let spec = spec.clone();
-                    s.spawn(move || (Lane::warmed(spec, i, n), scorer()))
-                })
-                .collect();
-            warming
-                .into_iter()
-                .map(|w| w.join().expect("warming"))
-                .collect()
-        });
-        g.throughput(Throughput::Elements(64 * n));
-        g.bench_function(format!("end_to_end_batch_64_pipelines_{n}"), |b| {
-            b.iter_custom(|iters| {
-                let started = Instant::now();
-                std::thread::scope(|s| {
-                    for (lane, scorer) in lanes.iter_mut() {
-                        s.spawn(move || {
-                            let (mut prepared, mut verdicts) = (Vec::new(), Vec::new());
-                            for _ in 0..iters {
-                                black_box(lane.end_to_end(
-                                    scorer,
-                                    64,
-                                    &mut prepared,
-                                    &mut verdicts,
-                                ));
-                            }
-                        });
-                    }
-                });
-                started.elapsed()
-            })
-        });
-    }
-    g.finish();
-}
-
 criterion_group! {
     name = engine;
     config = Criterion::default().sample_size(20).warm_up_time(Duration::from_secs(2));
-    targets = benches, pipelines
+    targets = benches
 }
 criterion_main!(engine);

@@ -17,13 +17,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::features::FeatureSpec;
 use crate::shared::Lanes;
 
 #[derive(Clone)]
 struct AppState {
     lanes: Arc<Lanes>,
-    spec: Arc<FeatureSpec>,
     /// The bearer token the lookup listener requires, if any.
     token: Option<Arc<str>>,
 }
@@ -37,28 +35,23 @@ pub struct Limits {
 }
 
 /// The operations listener: `/metrics`, `/healthz`, `/readyz`. Safe to expose to the scraper.
-pub fn ops_router(lanes: Arc<Lanes>, spec: Arc<FeatureSpec>) -> Router {
+pub fn ops_router(lanes: Arc<Lanes>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState {
-            lanes,
-            spec,
-            token: None,
-        })
+        .with_state(AppState { lanes, token: None })
 }
 
 /// The lookup listener: `/customers/{id}` and `/terminals/{id}`, which show a customer's spend
 /// and a terminal's fraud labels, so it is on a port of its own and, with a token configured,
 /// answers only `Authorization: Bearer <token>`.
-pub fn lookup_router(lanes: Arc<Lanes>, spec: Arc<FeatureSpec>, token: Option<String>) -> Router {
+pub fn lookup_router(lanes: Arc<Lanes>, token: Option<String>) -> Router {
     Router::new()
         .route("/customers/{customer_id}", get(customer))
         .route("/terminals/{terminal_id}", get(terminal))
         .with_state(AppState {
             lanes,
-            spec,
             token: token.map(Arc::from),
         })
 }
@@ -139,14 +132,16 @@ async fn customer(
     if let Some(refused) = unauthorized(&s, &headers) {
         return refused;
     }
-    let (lanes, spec, key) = (s.lanes.clone(), s.spec.clone(), id.clone());
+    // The windows of the model in use, after a reload too.
+    let spec = s.lanes.spec();
+    let (lanes, served, key) = (s.lanes.clone(), spec.clone(), id.clone());
     let found = tokio::task::spawn_blocking(move || {
         // In the store of the pipeline holding the customer's partition.
         lanes.stores().find_map(|store| {
             store.read_customer(&key, |windows| {
                 let newest = windows.newest()?;
                 let mut stats = Vec::new();
-                windows.stats(newest, spec.windows(), &mut stats);
+                windows.stats(newest, served.windows(), &mut stats);
                 Some((newest, windows.len(), stats))
             })
         })
@@ -163,7 +158,7 @@ async fn customer(
             .into_response();
     };
     let mut features = Map::new();
-    for (w, st) in s.spec.windows().iter().zip(&stats) {
+    for (w, st) in spec.windows().iter().zip(&stats) {
         features.insert(format!("customer_tx_count_{w}"), json!(st.count));
         features.insert(format!("customer_sum_amount_{w}"), json!(st.sum));
         features.insert(format!("customer_avg_amount_{w}"), json!(st.mean()));
@@ -187,12 +182,13 @@ async fn terminal(
     if let Some(refused) = unauthorized(&s, &headers) {
         return refused;
     }
-    let (terminals, spec, key) = (s.lanes.terminals().clone(), s.spec.clone(), id.clone());
+    let spec = s.lanes.spec();
+    let (terminals, served, key) = (s.lanes.terminals().clone(), spec.clone(), id.clone());
     let now = crate::time::EventTime::now();
     let found = tokio::task::spawn_blocking(move || {
         let held = terminals.read_terminal(&key)?;
         let mut stats = Vec::new();
-        terminals.stats(&key, now, spec.terminal_windows(), &mut stats);
+        terminals.stats(&key, now, served.terminal_windows(), &mut stats);
         Some((held, stats))
     })
     .await
@@ -206,7 +202,7 @@ async fn terminal(
             .into_response();
     };
     let mut features = Map::new();
-    for (w, st) in s.spec.terminal_windows().iter().zip(&stats) {
+    for (w, st) in spec.terminal_windows().iter().zip(&stats) {
         let suffix = format!("{}_delay_{}", w.len, w.delay);
         features.insert(format!("terminal_tx_count_{suffix}"), json!(st.labelled));
         features.insert(format!("terminal_fraud_count_{suffix}"), json!(st.fraud));
@@ -266,8 +262,9 @@ mod tests {
     use std::net::{SocketAddr, TcpStream};
     use std::time::Instant;
 
+    use crate::features::FeatureSpec;
     use crate::metrics::Metrics;
-    use crate::shared::Shared;
+    use crate::shared::{Common, Served, Shared};
     use crate::store::Store;
 
     /// Serves `router` on a free port of a runtime of its own; the runtime lives with the guard.
@@ -296,15 +293,14 @@ mod tests {
         out
     }
 
-    fn shared() -> (Arc<Lanes>, Arc<FeatureSpec>) {
-        let spec = Arc::new(FeatureSpec::for_model::<&str>(&[]).unwrap());
-        let shared = Shared::new(
-            Metrics::new(),
-            Arc::new(Store::default()),
-            Arc::new(crate::terminals::Terminals::new(0)),
-            Default::default(),
-        );
-        (Lanes::new(vec![shared]), spec)
+    fn shared() -> Arc<Lanes> {
+        let common = Common {
+            metrics: Metrics::new(),
+            terminals: Arc::new(crate::terminals::Terminals::new(0)),
+            labels_loading: Default::default(),
+            served: Served::new(Arc::new(FeatureSpec::for_model::<&str>(&[]).unwrap())),
+        };
+        Lanes::new(vec![Shared::new(&common, Arc::new(Store::default()))])
     }
 
     const LIMITS: Limits = Limits {
@@ -314,11 +310,11 @@ mod tests {
 
     #[test]
     fn lookups_are_not_on_the_metrics_listener_and_need_the_token() {
-        let (shared, spec) = shared();
-        let (ops, _rt1) = serve_on_port(ops_router(shared.clone(), spec.clone()), LIMITS);
+        let shared = shared();
+        let (ops, _rt1) = serve_on_port(ops_router(shared.clone()), LIMITS);
         assert!(get(ops, "/customers/c-1", None).starts_with("HTTP/1.1 404"));
         assert!(get(ops, "/healthz", None).starts_with("HTTP/1.1 200"));
-        let router = lookup_router(shared, spec, Some("s3cret".into()));
+        let router = lookup_router(shared, Some("s3cret".into()));
         let (lookup, _rt2) = serve_on_port(router, LIMITS);
         assert!(get(lookup, "/customers/c-1", None).starts_with("HTTP/1.1 401"));
         assert!(get(lookup, "/customers/c-1", Some("s3cre")).starts_with("HTTP/1.1 401"));
@@ -330,8 +326,8 @@ mod tests {
 
     #[test]
     fn a_silent_client_is_cut_off_and_connections_are_capped() {
-        let (shared, spec) = shared();
-        let (addr, _rt) = serve_on_port(ops_router(shared, spec), LIMITS);
+        let shared = shared();
+        let (addr, _rt) = serve_on_port(ops_router(shared), LIMITS);
         // Two clients that connect and send nothing hold both connections...
         let silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
         std::thread::sleep(Duration::from_millis(50));

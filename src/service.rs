@@ -18,7 +18,7 @@ use crate::model::{Model, ModelError};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::rules::Rules;
 use crate::scorer::Scorer;
-use crate::shared::{Lanes, Shared};
+use crate::shared::{Common, Lanes, Served, Shared};
 use crate::store::Store;
 use crate::terminals::Terminals;
 
@@ -101,17 +101,15 @@ impl Service {
         };
         let engine_config = config.engine.engine_config(true);
         let terminals = Arc::new(Terminals::new(engine_config.terminal_span_ms(&spec)));
-        let metrics = Metrics::new();
-        let labels_loading = Arc::new(AtomicBool::new(false));
+        let common = Common {
+            metrics: Metrics::new(),
+            terminals: terminals.clone(),
+            labels_loading: Arc::new(AtomicBool::new(false)),
+            served: Served::new(spec.clone()),
+        };
+        let metrics = common.metrics.clone();
         let lanes: Vec<Arc<Shared>> = (0..threads)
-            .map(|_| {
-                Shared::new(
-                    metrics.clone(),
-                    Arc::new(Store::with_seed(seed)),
-                    terminals.clone(),
-                    labels_loading.clone(),
-                )
-            })
+            .map(|_| Shared::new(&common, Arc::new(Store::with_seed(seed))))
             .collect();
         let lanes = Lanes::new(lanes);
 
@@ -122,12 +120,12 @@ impl Service {
             .build()?;
         let (http_stop, stopped) = watch::channel(false);
         let limits = config.http.limits();
-        let ops = crate::http::ops_router(lanes.clone(), spec.clone());
+        let ops = crate::http::ops_router(lanes.clone());
         let http_addr = listen(&runtime, config.http.listen, ops, limits, stopped.clone())?;
         info!(%http_addr, "HTTP listening: /metrics /healthz /readyz");
         if let Some(addr) = config.http.lookup_listen {
             let token = config.http.lookup_token.clone();
-            let lookups = crate::http::lookup_router(lanes.clone(), spec.clone(), token);
+            let lookups = crate::http::lookup_router(lanes.clone(), token);
             let addr = listen(&runtime, addr, lookups, limits, stopped)?;
             info!(%addr, token = config.http.lookup_token.is_some(), "HTTP listening: /customers/{{id}}");
         }

@@ -2,10 +2,11 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use fraudscore_contract::OffsetTracker;
 
+use crate::features::FeatureSpec;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::terminals::Terminals;
@@ -99,27 +100,26 @@ pub struct Shared {
     /// Written by the labels reader; read by the engine, `/terminals/{id}` and the gauges.
     pub terminals: Arc<Terminals>,
     pub health: Health,
+    /// The features computed now: set by a pipeline swapping in a reloaded model, read by the
+    /// lookups.
+    pub served: Arc<Served>,
     /// Written by the pipeline thread (consumed), the delivery callback (acknowledged) and the
     /// rebalance and commit callbacks (forget, commit failed); read when committing.
     offsets: Mutex<OffsetTracker>,
 }
 
 impl Shared {
-    /// One pipeline's state; `labels_loading` is the flag every pipeline waits on.
-    pub fn new(
-        metrics: Metrics,
-        store: Arc<Store>,
-        terminals: Arc<Terminals>,
-        labels_loading: Arc<AtomicBool>,
-    ) -> Arc<Shared> {
+    /// One pipeline's state, with what all pipelines of the instance have in `common`.
+    pub fn new(common: &Common, store: Arc<Store>) -> Arc<Shared> {
         Arc::new(Shared {
-            metrics,
+            metrics: common.metrics.clone(),
             store,
-            terminals,
+            terminals: common.terminals.clone(),
             health: Health {
-                labels_loading,
+                labels_loading: common.labels_loading.clone(),
                 ..Health::default()
             },
+            served: common.served.clone(),
             offsets: Mutex::default(),
         })
     }
@@ -127,6 +127,33 @@ impl Shared {
     pub fn offsets(&self) -> MutexGuard<'_, OffsetTracker> {
         // A panic elsewhere must not stop deliveries being recorded: the data is still consistent.
         self.offsets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What every pipeline of an instance shares.
+#[derive(Clone)]
+pub struct Common {
+    pub metrics: Metrics,
+    pub terminals: Arc<Terminals>,
+    /// Set while the labels topic is read up to where it ended at start.
+    pub labels_loading: Arc<AtomicBool>,
+    pub served: Arc<Served>,
+}
+
+/// The feature spec the engines compute, as the model in use (and its shadow and rules) need.
+pub struct Served(RwLock<Arc<FeatureSpec>>);
+
+impl Served {
+    pub fn new(spec: Arc<FeatureSpec>) -> Arc<Served> {
+        Arc::new(Served(RwLock::new(spec)))
+    }
+
+    pub fn get(&self) -> Arc<FeatureSpec> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, spec: Arc<FeatureSpec>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = spec;
     }
 }
 
@@ -157,6 +184,11 @@ impl Lanes {
 
     pub fn terminals(&self) -> &Arc<Terminals> {
         &self.first().terminals
+    }
+
+    /// The features computed now (the reloaded model's, after a reload).
+    pub fn spec(&self) -> Arc<FeatureSpec> {
+        self.first().served.get()
     }
 
     /// The labels flag, common to all pipelines.

@@ -1176,14 +1176,40 @@ fn sighup_swaps_in_a_checked_model_and_a_bad_one_changes_nothing() {
     let model = dir.path().join("model.onnx");
     std::fs::copy(model_path(), &model).unwrap();
     let model_env = model.display().to_string();
-    let service = Instance::start(&brokers, &names, &[("FRAUDSCORE__MODEL__PATH", &model_env)]);
+    let lookup = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let lookup_listen = lookup.to_string();
+    let service = Instance::start(
+        &brokers,
+        &names,
+        &[
+            ("FRAUDSCORE__MODEL__PATH", &model_env),
+            ("FRAUDSCORE__HTTP__LOOKUP_LISTEN", &lookup_listen),
+        ],
+    );
     let shipped = Model::load(&model, 1).unwrap().version().to_string();
+    // `/customers` shows the windows of the model in use.
+    let windows = || -> Vec<String> {
+        let (status, body) = get(lookup, "/customers/c-0", None);
+        assert_eq!(status, 200, "{body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        body["features"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
     let p = producer(&brokers);
     let mut sent = 0;
     let version = |v: &Value| v["model_version"].as_str().unwrap().to_string();
     let before = score_round(&p, &brokers, &names, "before", &mut sent);
     assert_eq!(before.len(), 40);
     assert!(before.iter().all(|v| version(v) == shipped));
+    assert!(
+        !windows().contains(&"customer_tx_count_1h".to_string()),
+        "{:?}",
+        windows()
+    );
 
     // Not a model: refused, and the shipped model goes on scoring.
     std::fs::write(&model, b"not an ONNX model").unwrap();
@@ -1202,6 +1228,11 @@ fn sighup_swaps_in_a_checked_model_and_a_bad_one_changes_nothing() {
     reload_and_wait(&service, "ok", 1.0);
     let after = score_round(&p, &brokers, &names, "after", &mut sent);
     assert_eq!(after.len(), 40);
+    assert!(
+        windows().contains(&"customer_tx_count_1h".to_string()),
+        "{:?}",
+        windows()
+    );
     for v in &after {
         assert_eq!(version(v), tiny.version(), "{v}");
         let names: Vec<&String> = v["features"].as_object().unwrap().keys().collect();

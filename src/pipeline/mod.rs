@@ -250,6 +250,7 @@ impl Worker {
             return;
         }
         self.engine.set_spec(self.scorer.spec().clone());
+        self.shared.served.set(self.scorer.spec().clone());
         show_model(&self.shared, &self.scorer);
         // Counted once every pipeline scores with it.
         if swaps_left.fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -83,8 +83,9 @@ pub const META_COVERS: &str = "fraudscore.tree_covers";
 pub enum ExplainError {
     #[error("not a readable ONNX model: {0}")]
     Decode(String),
-    #[error("the graph has no TreeEnsembleClassifier or TreeEnsembleRegressor node")]
-    NoEnsemble,
+    /// A model these reason codes cannot describe exactly; it still scores, without reasons.
+    #[error("cannot explain this model: {0}")]
+    Unsupported(String),
     #[error("tree ensemble: {0}")]
     Ensemble(String),
     #[error("`{META_COVERS}`: {0}")]
@@ -102,9 +103,18 @@ mod onnx {
     pub struct GraphProto {
         #[prost(message, repeated, tag = "1")]
         pub node: Vec<NodeProto>,
+        #[prost(message, repeated, tag = "11")]
+        pub input: Vec<ValueInfoProto>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ValueInfoProto {
+        #[prost(string, tag = "1")]
+        pub name: String,
     }
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct NodeProto {
+        #[prost(string, repeated, tag = "1")]
+        pub input: Vec<String>,
         #[prost(string, tag = "4")]
         pub op_type: String,
         #[prost(message, repeated, tag = "5")]
@@ -472,12 +482,25 @@ impl Explainer {
     ) -> Result<Explainer, ExplainError> {
         let model =
             onnx::ModelProto::decode(bytes).map_err(|e| ExplainError::Decode(e.to_string()))?;
-        let node = model
+        let unsupported = |m: &str| ExplainError::Unsupported(m.to_string());
+        let graph = model
             .graph
+            .as_ref()
+            .ok_or_else(|| unsupported("no graph"))?;
+        let node = graph
+            .node
             .iter()
-            .flat_map(|g| &g.node)
             .find(|n| n.op_type == "TreeEnsembleClassifier" || n.op_type == "TreeEnsembleRegressor")
-            .ok_or(ExplainError::NoEnsemble)?;
+            .ok_or_else(|| {
+                unsupported("no TreeEnsembleClassifier or TreeEnsembleRegressor node")
+            })?;
+        // Contributions are to the trees' own inputs: a step before them (scaling, imputing)
+        // would make them contributions to something else than the features.
+        if node.input.first() != graph.input.first().map(|i| &i.name) {
+            return Err(unsupported(
+                "the tree ensemble does not read the model's input directly",
+            ));
+        }
         #[derive(serde::Deserialize)]
         struct Covers {
             trees: Vec<Vec<f64>>,
@@ -513,9 +536,16 @@ impl Explainer {
         };
         // A margin is what LOGISTIC maps to a probability; the other transforms have no log-odds to split.
         if !matches!(post, b"LOGISTIC" | b"NONE" | b"") {
-            return Err(bad(format!(
+            return Err(ExplainError::Unsupported(format!(
                 "post_transform {} is not LOGISTIC or NONE",
                 String::from_utf8_lossy(post)
+            )));
+        }
+        // Contributions add up as the trees do: by a sum, not an average or an extreme.
+        if let Some(a) = attr("aggregate_function").filter(|a| a.s.as_slice() != b"SUM") {
+            return Err(ExplainError::Unsupported(format!(
+                "aggregate_function {} is not SUM",
+                String::from_utf8_lossy(&a.s)
             )));
         }
         let tree_ids = ints("nodes_treeids");
@@ -568,7 +598,16 @@ impl Explainer {
             covers.iter().map(|c| vec![None; c.len()]).collect();
         for i in 0..n {
             let t = index(tree_ids[i], trees.len(), "tree id")?;
-            let id = index(node_ids[i], trees[t].len(), "node id")?;
+            let id = usize::try_from(node_ids[i])
+                .ok()
+                .filter(|&id| id < trees[t].len())
+                .ok_or_else(|| {
+                    ExplainError::Covers(format!(
+                        "tree {t} has node {}, but covers for {} nodes",
+                        node_ids[i],
+                        trees[t].len()
+                    ))
+                })?;
             let cover = covers[t][id];
             let size = trees[t].len();
             let test = match modes[i].as_slice() {
@@ -607,7 +646,7 @@ impl Explainer {
             .iter()
             .any(|&c| c != w_ids.first().copied().unwrap_or(0))
         {
-            return Err(bad("leaf weights for more than one output: only a single margin (binary or regression) can be explained".into()));
+            return Err(ExplainError::Unsupported("leaf weights for more than one output: only a single margin (binary or regression) can be explained".into()));
         }
         for ((&t, &id), &w) in w_trees.iter().zip(w_nodes).zip(weights) {
             let t = index(t, trees.len(), "leaf tree id")?;
@@ -634,7 +673,11 @@ impl Explainer {
                     n.ok_or_else(|| bad(format!("tree {t} has no node {id}, but covers for it")))
                 })
                 .collect::<Result<_, _>>()?;
-            check_tree(&nodes).map_err(|m| ExplainError::Covers(format!("tree {t}: {m}")))?;
+            check_tree(&nodes).map_err(|e| match e {
+                ExplainError::Covers(m) => ExplainError::Covers(format!("tree {t}: {m}")),
+                ExplainError::Ensemble(m) => ExplainError::Ensemble(format!("tree {t}: {m}")),
+                other => other,
+            })?;
             built.push(Tree::new(nodes));
         }
         Ok(Explainer::of(built, base, width))
@@ -687,26 +730,30 @@ impl Explainer {
 
 /// Checks that every node is reached once from the root and that each split's cover is its
 /// children's sum (so the covers belong to these nodes).
-fn check_tree(nodes: &[Node]) -> Result<(), String> {
+fn check_tree(nodes: &[Node]) -> Result<(), ExplainError> {
     let mut seen = vec![false; nodes.len()];
     let mut stack = vec![0usize];
     while let Some(i) = stack.pop() {
         if std::mem::replace(&mut seen[i], true) {
-            return Err(format!("node {i} is reached twice"));
+            return Err(ExplainError::Ensemble(format!("node {i} is reached twice")));
         }
         if let Node::Split { yes, no, cover, .. } = nodes[i] {
             let children = nodes[yes].cover() + nodes[no].cover();
             if cover.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
                 || (children - cover).abs() > 1e-6 * cover
             {
-                return Err(format!("node {i} covers {cover}, its children {children}"));
+                return Err(ExplainError::Covers(format!(
+                    "node {i} covers {cover}, its children {children}"
+                )));
             }
             stack.push(yes);
             stack.push(no);
         }
     }
     match seen.iter().position(|s| !s) {
-        Some(i) => Err(format!("node {i} is not reached from the root")),
+        Some(i) => Err(ExplainError::Ensemble(format!(
+            "node {i} is not reached from the root"
+        ))),
         None => Ok(()),
     }
 }

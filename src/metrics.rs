@@ -301,7 +301,7 @@ impl Metrics {
         let shadow_decisions = IntCounterVec::new(
             Opts::new(
                 "fraudscore_shadow_decisions_total",
-                "With a shadow model (model.shadow): scored transactions by the decision given and the one the shadow would have given; where the two differ, the models disagree",
+                "With a shadow model (model.shadow): scored transactions by the model's decision (by its thresholds, before any rule) and the one the shadow would have given; where the two differ, the models disagree",
             ),
             &["decision", "shadow_decision"],
         )

@@ -150,6 +150,20 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Loads `path`, reads its feature list and checks it against the input shape.
     pub fn load(path: &Path, intra_threads: usize) -> Result<Model, ModelError> {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::Load {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Model::from_bytes(path, &bytes, intra_threads)
+    }
+
+    /// The model in `bytes`, read from `path` (named in errors): the session and the reason
+    /// codes' trees come from the same bytes, whatever happens to the file meanwhile.
+    pub fn from_bytes(
+        path: &Path,
+        bytes: &[u8],
+        intra_threads: usize,
+    ) -> Result<Model, ModelError> {
         let load_err = |e: ort::Error| ModelError::Load {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -159,7 +173,7 @@ impl Model {
             .map_err(load_err)?
             .with_intra_threads(intra_threads.max(1))
             .map_err(|e| load_err(e.into()))?
-            .commit_from_file(path)
+            .commit_from_memory(bytes)
             .map_err(load_err)?;
 
         let metadata = session.metadata().map_err(load_err)?;
@@ -198,13 +212,14 @@ impl Model {
         };
         let explainer = match covers {
             None => None,
-            Some(covers) => {
-                let bytes = std::fs::read(path).map_err(|e| ModelError::Load {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })?;
-                Some(Explainer::from_onnx(&bytes, &covers, names.len()).map_err(explain_err)?)
-            }
+            Some(covers) => match Explainer::from_onnx(bytes, &covers, names.len()) {
+                Ok(explainer) => Some(explainer),
+                Err(e @ ExplainError::Unsupported(_)) => {
+                    tracing::warn!(model = %path.display(), error = %e, "the model scores without reason codes");
+                    None
+                }
+                Err(e) => return Err(explain_err(e)),
+            },
         };
 
         let shape_err = |message: String| ModelError::Shape {

@@ -58,9 +58,9 @@ pub enum Refusal {
     Rules(#[from] crate::rules::RulesError),
     #[error(transparent)]
     Feature(#[from] crate::features::FeatureError),
-    #[error("it needs a {needs} window, but the state holds events only for windows up to {holds} (the running model's longest): restart with the new model to rebuild the state")]
+    #[error("it needs a {needs} window, but the state holds events only for windows up to {holds} (the longest the running model, shadow and rules had at start): restart with the new model or rules to rebuild the state")]
     LongerWindow { needs: WindowLen, holds: WindowLen },
-    #[error("it takes terminal features, but the running model takes none, so labels are not read: restart with the new model")]
+    #[error("it takes terminal features, but what ran at start took none, so labels are not read: restart with the new model or rules")]
     NoLabels,
     #[error("its terminal windows reach {needs_ms} ms back, the labels held only {holds_ms} ms: restart with the new model")]
     LongerTerminalWindow { needs_ms: i64, holds_ms: i64 },
@@ -80,8 +80,55 @@ pub fn check(
     overrides: ThresholdOverrides,
     rules: Option<&Path>,
 ) -> Result<Candidate, Refusal> {
-    let mut model = Model::load(path, intra_threads)?;
-    let rules = rules.map(Rules::load).transpose()?;
+    let mut copies = check_copies(path, intra_threads, limits, overrides, rules, 1)?;
+    copies
+        .pop()
+        .ok_or_else(|| Refusal::Load(crate::model::ModelError::Inference("no copy made".into())))
+}
+
+/// [`check`], with `copies` candidates (one per pipeline) all made from one reading of each file,
+/// so that a file changed meanwhile cannot give two pipelines different models or rules.
+pub fn check_copies(
+    path: &Path,
+    intra_threads: usize,
+    limits: &Limits,
+    overrides: ThresholdOverrides,
+    rules: Option<&Path>,
+    copies: usize,
+) -> Result<Vec<Candidate>, Refusal> {
+    let bytes = std::fs::read(path).map_err(|e| crate::model::ModelError::Load {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let rules_text = match rules {
+        Some(p) => Some((
+            p,
+            std::fs::read_to_string(p).map_err(|e| crate::rules::RulesError::Read {
+                path: p.to_path_buf(),
+                message: e.to_string(),
+            })?,
+        )),
+        None => None,
+    };
+    (0..copies.max(1))
+        .map(|_| {
+            let model = Model::from_bytes(path, &bytes, intra_threads)?;
+            let rules = rules_text
+                .as_ref()
+                .map(|(p, text)| Rules::parse(p, text))
+                .transpose()?;
+            checked(model, rules, limits, overrides)
+        })
+        .collect()
+}
+
+/// The checks of [`check`] on a loaded model and rules.
+fn checked(
+    mut model: Model,
+    rules: Option<Rules>,
+    limits: &Limits,
+    overrides: ThresholdOverrides,
+) -> Result<Candidate, Refusal> {
     let served = crate::scorer::served(&model, None, rules.as_ref())?;
     let spec = &served;
     if spec.longest_window() > limits.longest_window {

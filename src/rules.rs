@@ -124,7 +124,8 @@ impl Rules {
         Rules::parse(path, &text)
     }
 
-    fn parse(path: &Path, text: &str) -> Result<Rules, RulesError> {
+    /// The rules in `text`, read from `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Rules, RulesError> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct File {
@@ -142,7 +143,7 @@ impl Rules {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let line_of = |offset: usize| text[..offset.min(text.len())].lines().count().max(1);
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
         let mut rules = Rules {
             path: path.to_path_buf(),
             rules: Vec::new(),
@@ -398,18 +399,28 @@ impl<'a> Parser<'a> {
         if self.eat("not") {
             return Ok(Cond::Not(Box::new(self.not()?)));
         }
-        // A parenthesis opens a condition, unless what follows is arithmetic: try the condition first.
+        // A parenthesis opens a condition, unless what follows is arithmetic: try the condition
+        // first. If both readings fail, the error that got further says what is wrong.
+        let mut first: Option<(usize, String)> = None;
         if self.peek() == Some(&Token::Op("(")) {
             let start = self.at;
             self.at += 1;
-            if let Ok(c) = self.or() {
-                if self.eat(")") && !self.at_comparison_or_arith() {
-                    return Ok(c);
+            match self.or() {
+                Ok(c) if self.eat(")") && !self.at_comparison_or_arith() => return Ok(c),
+                Ok(_) => {
+                    first = Some((self.at, format!("expected `)` at column {}", self.column())))
                 }
+                Err(e) => first = Some((self.at, e)),
             }
             self.at = start;
         }
-        self.comparison()
+        match self.comparison() {
+            Err(e) => match first {
+                Some((at, first)) if at > self.at => Err(first),
+                _ => Err(e),
+            },
+            ok => ok,
+        }
     }
 
     fn at_comparison_or_arith(&self) -> bool {
@@ -419,9 +430,10 @@ impl<'a> Parser<'a> {
     fn comparison(&mut self) -> Result<Cond, String> {
         let column = self.column();
         let left = self.sum()?;
+        let in_column = self.column();
         if self.eat("in") {
             let Operand::Field(field) = left else {
-                return Err(format!("`in` at column {column} needs an id field on its left (customer_id, terminal_id, transaction_id)"));
+                return Err(format!("`in` at column {in_column} needs an id field on its left (customer_id, terminal_id, transaction_id)"));
             };
             self.expect("[")?;
             let mut values = Vec::new();
@@ -464,6 +476,14 @@ impl<'a> Parser<'a> {
         self.at += 1;
         let right = self.sum()?;
         match (left, right) {
+            // The score is a float32: a literal it is compared with is too, so that `score >=
+            // 0.9` fires exactly where a 0.9 threshold does.
+            (Operand::Num(Num::Score), Operand::Num(Num::Const(c))) => {
+                Ok(Cond::Compare(Num::Score, op, Num::Const(f64::from(c as f32))))
+            }
+            (Operand::Num(Num::Const(c)), Operand::Num(Num::Score)) => {
+                Ok(Cond::Compare(Num::Const(f64::from(c as f32)), op, Num::Score))
+            }
             (Operand::Num(a), Operand::Num(b)) => Ok(Cond::Compare(a, op, b)),
             (Operand::Field(field), Operand::Str(s)) | (Operand::Str(s), Operand::Field(field))
                 if matches!(op, Cmp::Eq | Cmp::Ne) =>
@@ -701,6 +721,11 @@ mod tests {
         assert!(!fires(&mut big_new, 6000.0, 1, 2, 0.0));
         assert!(!fires(&mut big_new, 5000.0, 1, 1, 0.0));
 
+        // The score is a float32, so is the literal it meets: 0.9 as a threshold and here agree.
+        let mut high = rules(&rule("score >= 0.9", "decline")).unwrap();
+        assert!(fires(&mut high, 1.0, 0, 0, 0.9));
+        assert!(!fires(&mut high, 1.0, 0, 0, 0.899_999_9));
+
         let mut arithmetic = rules(&rule(
             "(amount - 100) * 2 > 10 * -(-30) or score >= 0.5",
             "review",
@@ -773,7 +798,15 @@ mod tests {
                 "customer_id > 'x'",
                 "between two numbers, or an id field and a quoted string",
             ),
-            ("amount in ['a']", "needs an id field"),
+            ("amount in ['a']", "`in` at column 8 needs an id field"),
+            (
+                "(amount > 1 and custmer_tx_count_10m > 1)",
+                "unknown feature `custmer_tx_count_10m`",
+            ),
+            (
+                "not (amount > 1 or (score > 0.5 and amout > 2))",
+                "unknown feature `amout`",
+            ),
             ("amount > 'x", "unclosed string at column 10"),
             ("amount > 1 or", "the condition ends early"),
             ("(amount > 1", "expected `)`"),
@@ -789,6 +822,7 @@ mod tests {
             "{e}"
         );
         let twice = [rule("amount > 1", "review"), rule("amount > 2", "review")].concat();
-        assert!(rules(&twice).unwrap_err().contains("distinct"));
+        let e = rules(&twice).unwrap_err();
+        assert!(e.contains("line 5") && e.contains("distinct"), "{e}");
     }
 }

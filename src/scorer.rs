@@ -23,11 +23,13 @@ pub struct Verdict {
     pub rules: Vec<usize>,
 }
 
-/// The shadow model's score and decision (by its own thresholds) for a transaction.
+/// The shadow model's score and decision (by its own thresholds) for a transaction, beside the
+/// model's own decision before any rule, which is what the shadow is compared with.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ShadowVerdict {
     pub score: f32,
     pub decision: Decision,
+    pub model_decision: Decision,
 }
 
 /// A candidate model scored on the same feature rows as the model in use (`model.shadow`).
@@ -161,7 +163,8 @@ impl Scorer {
         }
         verdicts.clear();
         for (i, (&score, prepared)) in self.scores.iter().zip(batch).enumerate() {
-            let mut decision = self.thresholds.decide(score);
+            let model_decision = self.thresholds.decide(score);
+            let mut decision = model_decision;
             let mut fired = Vec::new();
             if let Some(rules) = &self.rules {
                 fired = rules.evaluate(prepared, score);
@@ -180,6 +183,7 @@ impl Scorer {
                     scores.get(i).map(|&score| ShadowVerdict {
                         score,
                         decision: thresholds.decide(score),
+                        model_decision,
                     })
                 }),
                 rules: fired,

@@ -134,6 +134,8 @@ impl Service {
         let span_ms = engine_config.retention(&spec).span_ms();
         let eviction_interval = config.engine.eviction_interval;
         let stop = Arc::new(AtomicBool::new(false));
+        // Set if `start` fails half-way, so that the threads started by then end.
+        let stop_on_drop = StopOnDrop(stop.clone());
         // Started with the clients made, so that a failed start leaves no thread behind.
         let labels = (!spec.terminal_windows().is_empty()).then(|| config.clone());
         let reload = crate::reload::ReloadOptions {
@@ -229,7 +231,7 @@ impl Service {
                 })
             })?;
         Ok(Service {
-            stop: StopOnDrop(stop),
+            stop: stop_on_drop,
             pipelines: handles,
             labels,
             reloader,

@@ -250,6 +250,12 @@ fn a_stump_explains_as_worked_out_by_hand_and_bad_covers_are_refused() {
         "{scores:?}"
     );
 
+    // A step before the trees: it scores as before, without reason codes.
+    let mut after_identity = Model::load(&data("stump_after_identity.onnx"), 1).unwrap();
+    assert!(after_identity.explainer().is_none());
+    after_identity.score(&[7.0, 0.0, 0.0], &mut scores).unwrap();
+    assert!((scores[0] as f64 - 1.0 / (1.0 + (-2.0f64).exp())).abs() < 1e-6);
+
     let e = Model::load(&data("bad_covers.onnx"), 1).unwrap_err();
     assert!(matches!(e, ModelError::Explain { .. }), "{e}");
     assert!(e.to_string().contains("node 0 covers 40"), "{e}");

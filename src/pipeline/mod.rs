@@ -483,7 +483,7 @@ impl Worker {
         }
         if let Some(shadow) = verdict.shadow {
             m.shadow_decisions
-                .with_label_values(&[verdict.decision.as_str(), shadow.decision.as_str()])
+                .with_label_values(&[shadow.model_decision.as_str(), shadow.decision.as_str()])
                 .inc();
         }
         m.score.observe(verdict.score as f64);

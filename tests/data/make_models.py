@@ -52,12 +52,14 @@ logistic(["amount", "customer_tx_count_1h", "is_weekend"], 3, "raw_margin.onnx",
 
 # One split, amount <= 5: leaf -1.0 for 30 training rows, else leaf 2.0 for 10. The bias is
 # (-1.0 * 30 + 2.0 * 10) / 40 = -0.25, so amount 7 contributes 2.0 + 0.25 = 2.25.
-def stump(path, covers):
+def stump(path, covers, through_identity=False):
     x = helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 3])
     label = helper.make_tensor_value_info("label", TensorProto.INT64, [None])
     y = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])
+    # With a step before the trees, their inputs are not the model's: no reason codes, but it scores.
+    first = [helper.make_node("Identity", ["features"], ["copied"])] if through_identity else []
     tree = helper.make_node(
-        "TreeEnsembleClassifier", ["features"], ["label", "probabilities"], domain="ai.onnx.ml",
+        "TreeEnsembleClassifier", ["copied" if through_identity else "features"], ["label", "probabilities"], domain="ai.onnx.ml",
         nodes_treeids=[0, 0, 0], nodes_nodeids=[0, 1, 2], nodes_featureids=[0, 0, 0],
         nodes_values=[5.0, 0.0, 0.0], nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"],
         nodes_truenodeids=[1, 0, 0], nodes_falsenodeids=[2, 0, 0],
@@ -65,7 +67,7 @@ def stump(path, covers):
         class_treeids=[0, 0], class_nodeids=[1, 2], class_ids=[0, 0], class_weights=[-1.0, 2.0],
         classlabels_int64s=[0, 1], post_transform="LOGISTIC",
     )
-    graph = helper.make_graph([tree], "stump", [x], [label, y])
+    graph = helper.make_graph(first + [tree], "stump", [x], [label, y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15), helper.make_opsetid("ai.onnx.ml", 1)])
     model.ir_version = 8
     helper.set_model_props(model, {
@@ -79,3 +81,4 @@ def stump(path, covers):
 
 stump("stump.onnx", [40, 30, 10])
 stump("bad_covers.onnx", [40, 30, 5])  # the children's covers do not add up to the root's
+stump("stump_after_identity.onnx", [40, 30, 10], through_identity=True)

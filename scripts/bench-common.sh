@@ -26,3 +26,21 @@ start_mock_broker() {
   for _ in $(seq 50); do [ -s "$address_file" ] && break; sleep 0.1; done
   BROKERS=$(cat "$address_file")
 }
+
+# The runs' broker, by $BROKER: the mock cluster with the topics of every run made up front (its
+# arguments after the address file are the runs' topic suffixes), or nisshi at $BROKERS, where
+# each run makes and deletes its own topics. Sets $BROKERS and $CREATE (loadgen's topic flags).
+start_broker() {
+  local address_file=$1; shift
+  if [ "$BROKER" = mock ]; then
+    local topics=() suffix t
+    for suffix in "$@"; do
+      for t in transactions transactions-scored transactions-dlq; do topics+=("$t$suffix"); done
+    done
+    start_mock_broker "$address_file" "${topics[@]}"
+    CREATE=()
+  else
+    BROKERS=${BROKERS:-127.0.0.1:9092}
+    CREATE=(--create-topics --delete-topics)
+  fi
+}

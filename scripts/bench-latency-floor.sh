@@ -22,19 +22,11 @@ mkdir -p "$OUT"
 TAG=$(date +%s)
 
 suffix() { echo "-$1-${2/\//x}-$TAG"; }
-if [ "$BROKER" = mock ]; then
-  topics=()
-  for s in $SETTINGS; do
-    for sut in passthrough service; do
-      for t in transactions transactions-scored transactions-dlq; do topics+=("$t$(suffix $sut $s)"); done
-    done
-  done
-  start_mock_broker "$OUT/broker" "${topics[@]}"
-  CREATE=()
-else
-  BROKERS=${BROKERS:-127.0.0.1:9092}
-  CREATE=(--create-topics --delete-topics)
-fi
+suffixes=()
+for s in $SETTINGS; do
+  for sut in passthrough service; do suffixes+=("$(suffix $sut $s)"); done
+done
+start_broker "$OUT/broker" "${suffixes[@]}"
 
 for s in $SETTINGS; do
   linger=${s%/*}; fetch=${s#*/}

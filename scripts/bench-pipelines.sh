@@ -26,17 +26,9 @@ for rate in $RATES; do
   for t in $ORDER; do runs+=("$rate/$t/$i"); i=$((i + 1)); done
 done
 suffix() { echo "-p${1//\//-}-$TAG"; }
-if [ "$BROKER" = mock ]; then
-  topics=()
-  for r in "${runs[@]}"; do
-    for t in transactions transactions-scored transactions-dlq; do topics+=("$t$(suffix "$r")"); done
-  done
-  start_mock_broker "$OUT/broker" "${topics[@]}"
-  CREATE=()
-else
-  BROKERS=${BROKERS:-127.0.0.1:9092}
-  CREATE=(--create-topics --delete-topics)
-fi
+suffixes=()
+for r in "${runs[@]}"; do suffixes+=("$(suffix "$r")"); done
+start_broker "$OUT/broker" "${suffixes[@]}"
 
 for r in "${runs[@]}"; do
   rate=${r%%/*}; rest=${r#*/}; threads=${rest%%/*}
@@ -45,5 +37,5 @@ for r in "${runs[@]}"; do
   "$LG" run --brokers "$BROKERS" --rate "$rate" --duration "$DURATION" --customers "$CUSTOMERS" \
     --topic-suffix="$(suffix "$r")" "${CREATE[@]}" --bad-ratio 0 --warmup 2s \
     --sut-cmd "$cmd" --report "$OUT/$name" > "$OUT/$name.txt" 2>&1 || echo "$name: exit $?" >&2
-  echo "$BROKER rate $rate threads $threads: $(grep -o 'latency ms: .*' "$OUT/$name.txt" | head -1) $(grep -o '[0-9]* missing' "$OUT/$name.txt" | head -1)"
+  echo "$BROKER rate $rate threads $threads: $(grep -o 'latency ms: .*' "$OUT/$name.txt" | head -1) $(grep -o 'missing [0-9]*' "$OUT/$name.txt" | head -1)"
 done

@@ -150,11 +150,15 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Loads `path`, reads its feature list and checks it against the input shape.
     pub fn load(path: &Path, intra_threads: usize) -> Result<Model, ModelError> {
-        let bytes = std::fs::read(path).map_err(|e| ModelError::Load {
+        Model::from_bytes(path, &Model::read(path)?, intra_threads)
+    }
+
+    /// The bytes of the model file at `path`, for [`Model::from_bytes`].
+    pub fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
+        std::fs::read(path).map_err(|e| ModelError::Load {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })?;
-        Model::from_bytes(path, &bytes, intra_threads)
+        })
     }
 
     /// The model in `bytes`, read from `path` (named in errors): the session and the reason

@@ -80,10 +80,7 @@ pub fn check(
     overrides: ThresholdOverrides,
     rules: Option<&Path>,
 ) -> Result<Candidate, Refusal> {
-    let mut copies = check_copies(path, intra_threads, limits, overrides, rules, 1)?;
-    copies
-        .pop()
-        .ok_or_else(|| Refusal::Load(crate::model::ModelError::Inference("no copy made".into())))
+    Files::read(path, rules)?.candidate(intra_threads, limits, overrides)
 }
 
 /// [`check`], with `copies` candidates (one per pipeline) all made from one reading of each file,
@@ -96,30 +93,43 @@ pub fn check_copies(
     rules: Option<&Path>,
     copies: usize,
 ) -> Result<Vec<Candidate>, Refusal> {
-    let bytes = std::fs::read(path).map_err(|e| crate::model::ModelError::Load {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let rules_text = match rules {
-        Some(p) => Some((
-            p,
-            std::fs::read_to_string(p).map_err(|e| crate::rules::RulesError::Read {
-                path: p.to_path_buf(),
-                message: e.to_string(),
-            })?,
-        )),
-        None => None,
-    };
-    (0..copies.max(1))
-        .map(|_| {
-            let model = Model::from_bytes(path, &bytes, intra_threads)?;
-            let rules = rules_text
-                .as_ref()
-                .map(|(p, text)| Rules::parse(p, text))
-                .transpose()?;
-            checked(model, rules, limits, overrides)
-        })
+    let files = Files::read(path, rules)?;
+    (0..copies)
+        .map(|_| files.candidate(intra_threads, limits, overrides))
         .collect()
+}
+
+/// The model file and the rules file, read once.
+struct Files<'a> {
+    model: (&'a Path, Vec<u8>),
+    rules: Option<(&'a Path, String)>,
+}
+
+impl<'a> Files<'a> {
+    fn read(model: &'a Path, rules: Option<&'a Path>) -> Result<Files<'a>, Refusal> {
+        Ok(Files {
+            model: (model, Model::read(model)?),
+            rules: rules
+                .map(|p| Rules::read(p).map(|text| (p, text)))
+                .transpose()?,
+        })
+    }
+
+    /// A model and rules made from the files, checked.
+    fn candidate(
+        &self,
+        intra_threads: usize,
+        limits: &Limits,
+        overrides: ThresholdOverrides,
+    ) -> Result<Candidate, Refusal> {
+        let model = Model::from_bytes(self.model.0, &self.model.1, intra_threads)?;
+        let rules = self
+            .rules
+            .as_ref()
+            .map(|(p, text)| Rules::parse(p, text))
+            .transpose()?;
+        checked(model, rules, limits, overrides)
+    }
 }
 
 /// The checks of [`check`] on a loaded model and rules.

@@ -117,11 +117,15 @@ impl Rules {
     /// Reads and checks `path`; the rules are bound to the spec they will be served from with
     /// [`Rules::bind`].
     pub fn load(path: &Path) -> Result<Rules, RulesError> {
-        let text = std::fs::read_to_string(path).map_err(|e| RulesError::Read {
+        Rules::parse(path, &Rules::read(path)?)
+    }
+
+    /// The text of the rules file at `path`, for [`Rules::parse`].
+    pub fn read(path: &Path) -> Result<String, RulesError> {
+        std::fs::read_to_string(path).map_err(|e| RulesError::Read {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })?;
-        Rules::parse(path, &text)
+        })
     }
 
     /// The rules in `text`, read from `path` (named in errors).
@@ -501,35 +505,25 @@ impl<'a> Parser<'a> {
     }
 
     fn sum(&mut self) -> Result<Operand, String> {
-        let mut left = self.term()?;
-        loop {
-            let op = if self.eat("+") {
-                Arith::Add
-            } else if self.eat("-") {
-                Arith::Sub
-            } else {
-                return Ok(left);
-            };
-            let right = self.term()?;
-            left = Operand::Num(Num::Bin(
-                Box::new(self.number(left)?),
-                op,
-                Box::new(self.number(right)?),
-            ));
-        }
+        self.left_assoc([("+", Arith::Add), ("-", Arith::Sub)], Parser::term)
     }
 
     fn term(&mut self) -> Result<Operand, String> {
-        let mut left = self.unary()?;
+        self.left_assoc([("*", Arith::Mul), ("/", Arith::Div)], Parser::unary)
+    }
+
+    /// One level of arithmetic: operands read by `next`, joined left to right by `ops`.
+    fn left_assoc(
+        &mut self,
+        ops: [(&str, Arith); 2],
+        next: fn(&mut Self) -> Result<Operand, String>,
+    ) -> Result<Operand, String> {
+        let mut left = next(self)?;
         loop {
-            let op = if self.eat("*") {
-                Arith::Mul
-            } else if self.eat("/") {
-                Arith::Div
-            } else {
+            let Some(op) = ops.iter().find(|(o, _)| self.eat(o)).map(|(_, op)| *op) else {
                 return Ok(left);
             };
-            let right = self.unary()?;
+            let right = next(self)?;
             left = Operand::Num(Num::Bin(
                 Box::new(self.number(left)?),
                 op,

@@ -261,6 +261,27 @@ fn a_stump_explains_as_worked_out_by_hand_and_bad_covers_are_refused() {
     assert!(e.to_string().contains("node 0 covers 40"), "{e}");
 }
 
+/// `n` transactions a minute apart from 2026-11-21T10:00Z, of `customers` customers and
+/// `terminals` terminals in turn, transaction i of `amount(i)`, as JSON lines.
+fn transactions(
+    n: usize,
+    customers: usize,
+    terminals: usize,
+    amount: impl Fn(usize) -> usize,
+) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"transaction_id":"t{i}","customer_id":"c{}","terminal_id":"k{}","amount":{},"timestamp":"2026-11-21T10:{:02}:00Z"}}"#,
+                i % customers,
+                i % terminals,
+                amount(i),
+                i
+            ) + "\n"
+        })
+        .collect()
+}
+
 /// Replays `input` (JSON lines) through an engine computing what `scorer` needs, in batches of 8,
 /// and returns the outputs; nothing may be dead-lettered.
 fn replay_scored(scorer: &mut Scorer, input: &str) -> Vec<Value> {
@@ -376,17 +397,7 @@ fn shipped_model_contributions_match_lightgbm_pred_contrib() {
 fn flagged_outputs_carry_reasons_with_their_values() {
     use fraudscore::explain::{ReasonPolicy, ReasonsFor};
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let input: String = (0..40)
-        .map(|i| {
-            format!(
-                r#"{{"transaction_id":"t{i}","customer_id":"c{}","terminal_id":"k{}","amount":{},"timestamp":"2026-11-21T10:{:02}:00Z"}}"#,
-                i % 3,
-                i % 4,
-                10 + i * 37 % 400,
-                i
-            ) + "\n"
-        })
-        .collect();
+    let input = transactions(40, 3, 4, |i| 10 + i * 37 % 400);
     let run = |thresholds: Thresholds, reasons_for: ReasonsFor, top: usize| -> Vec<Value> {
         let model = Model::load(&root.join("models/fraud.onnx"), 1).unwrap();
         let mut scorer =
@@ -442,17 +453,7 @@ fn flagged_outputs_carry_reasons_with_their_values() {
 #[test]
 fn a_shadow_scores_as_it_would_alone_and_never_decides() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let input: String = (0..60)
-        .map(|i| {
-            format!(
-                r#"{{"transaction_id":"t{i}","customer_id":"c{}","terminal_id":"k{}","amount":{},"timestamp":"2026-11-21T10:{:02}:00Z"}}"#,
-                i % 4,
-                i % 3,
-                5 + i * 53 % 700,
-                i
-            ) + "\n"
-        })
-        .collect();
+    let input = transactions(60, 4, 3, |i| 5 + i * 53 % 700);
     let run = |main: &Path, shadow: Option<&Path>| -> Vec<Value> {
         let model = Model::load(main, 1).unwrap();
         let thresholds = model.thresholds().unwrap_or_default();
@@ -512,17 +513,7 @@ action = "approve"
 "#,
     )
     .unwrap();
-    let input: String = (0..40)
-        .map(|i| {
-            format!(
-                r#"{{"transaction_id":"t{i}","customer_id":"c{}","terminal_id":"k{}","amount":{},"timestamp":"2026-11-21T10:{:02}:00Z"}}"#,
-                i % 2,
-                i % 3,
-                10 + i * 37 % 400,
-                i
-            ) + "\n"
-        })
-        .collect();
+    let input = transactions(40, 2, 3, |i| 10 + i * 37 % 400);
     let run = |rules: Option<Rules>| -> Vec<Value> {
         let model = Model::load(&root.join("models/fraud.onnx"), 1).unwrap();
         let thresholds = model.thresholds().unwrap();

@@ -86,6 +86,10 @@ pub struct KafkaConfig {
     pub output_topic: String,
     #[serde(default = "default_dlq")]
     pub dlq_topic: String,
+    /// With `model.shadow`: the shadow's verdicts go to this topic, one record per scored
+    /// transaction, instead of `shadow_*` fields in the output.
+    #[serde(default)]
+    pub shadow_topic: Option<String>,
     #[serde(default = "default_guarantee")]
     pub processing_guarantee: Guarantee,
     #[serde(default = "default_commit_interval", deserialize_with = "duration")]
@@ -499,6 +503,9 @@ impl Config {
         if self.pipeline.threads == 0 {
             return Err("pipeline.threads must be at least 1".into());
         }
+        if self.kafka.shadow_topic.is_some() && m.shadow.is_none() {
+            return Err("kafka.shadow_topic is set without model.shadow: no shadow to send".into());
+        }
         // Against the model's own thresholds the pair is checked again once the model is loaded.
         let (review, decline) = (m.review_threshold, m.decline_threshold);
         if let Err(e) = Thresholds::new(review.unwrap_or(0.0), decline.unwrap_or(1.0)) {
@@ -601,6 +608,16 @@ mod tests {
             c.kafka.common["security.protocol"],
             PropertyValue("SASL_SSL".into())
         );
+    }
+
+    #[test]
+    fn a_shadow_topic_needs_a_shadow() {
+        let set = |pairs: &[(&str, &str)]| Config::parse(&shipped(), "f.toml", env(pairs));
+        let topic = ("FRAUDSCORE__KAFKA__SHADOW_TOPIC", "transactions-shadow");
+        let err = set(&[topic]).unwrap_err().to_string();
+        assert!(err.contains("kafka.shadow_topic"), "{err}");
+        let c = set(&[topic, ("FRAUDSCORE__MODEL__SHADOW", "candidate.onnx")]).unwrap();
+        assert_eq!(c.kafka.shadow_topic.as_deref(), Some("transactions-shadow"));
     }
 
     #[test]

@@ -64,15 +64,19 @@ impl Serialize for NamedReasons<'_> {
     }
 }
 
-/// The output value for one transaction; without a verdict (features-only replay) the score fields are left out.
+/// The output value for one transaction; without a verdict (features-only replay) the score
+/// fields are left out, and the `shadow_*` fields unless `shadow_inline` (no shadow topic).
 pub fn scored(
     spec: &FeatureSpec,
     prepared: &Prepared,
     verdict: Option<(&Verdict, &Scorer)>,
+    shadow_inline: bool,
     scored_at: EventTime,
 ) -> Vec<u8> {
     let t = &prepared.transaction;
-    let shadow = verdict.and_then(|(v, _)| v.shadow);
+    let shadow = verdict
+        .and_then(|(v, _)| v.shadow)
+        .filter(|_| shadow_inline);
     let record = Scored {
         transaction_id: &t.transaction_id,
         customer_id: t.customer_id.as_str(),
@@ -106,6 +110,49 @@ pub fn scored(
     };
     // Serializing plain strings and numbers into a Vec cannot fail.
     serde_json::to_vec(&record).unwrap_or_default()
+}
+
+/// A shadow topic's record: the shadow's verdict beside the model's, for one transaction.
+#[derive(Serialize)]
+struct Shadowed<'a> {
+    transaction_id: &'a str,
+    customer_id: &'a str,
+    timestamp: String,
+    model_version: &'a str,
+    score: f32,
+    /// The decision the output carries (rules included).
+    decision: Decision,
+    /// The model's decision by its thresholds alone, which the shadow's compares with.
+    model_decision: Decision,
+    shadow_model_version: &'a str,
+    shadow_score: f32,
+    shadow_decision: Decision,
+    scored_at: String,
+}
+
+/// The shadow topic's value for one transaction, if a shadow scored it.
+pub fn shadowed(
+    prepared: &Prepared,
+    verdict: &Verdict,
+    scorer: &Scorer,
+    scored_at: EventTime,
+) -> Option<Vec<u8>> {
+    let (shadow, model) = (verdict.shadow?, scorer.shadow()?);
+    let t = &prepared.transaction;
+    let record = Shadowed {
+        transaction_id: &t.transaction_id,
+        customer_id: t.customer_id.as_str(),
+        timestamp: t.timestamp.to_string(),
+        model_version: scorer.model().version(),
+        score: verdict.score,
+        decision: verdict.decision,
+        model_decision: shadow.model_decision,
+        shadow_model_version: model.version(),
+        shadow_score: shadow.score,
+        shadow_decision: shadow.decision,
+        scored_at: scored_at.to_string(),
+    };
+    serde_json::to_vec(&record).ok()
 }
 
 #[derive(Serialize)]

@@ -289,13 +289,19 @@ fn flush(
         Some(scorer) => {
             scorer.score(batch, verdicts)?;
             for (p, v) in batch.iter().zip(verdicts.iter()) {
-                out.write_all(&output::scored(engine.spec(), p, Some((v, &*scorer)), now))?;
+                out.write_all(&output::scored(
+                    engine.spec(),
+                    p,
+                    Some((v, &*scorer)),
+                    true,
+                    now,
+                ))?;
                 out.write_all(b"\n")?;
             }
         }
         None => {
             for p in batch.iter() {
-                out.write_all(&output::scored(engine.spec(), p, None, now))?;
+                out.write_all(&output::scored(engine.spec(), p, None, true, now))?;
                 out.write_all(b"\n")?;
             }
         }

@@ -4,11 +4,12 @@
 //! `FRAUDSCORE_BROKER`) the tests are skipped, unless `FRAUDSCORE_REQUIRE_BROKER` is set, as in CI.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use fraudscore::engine::{Engine, EngineConfig};
@@ -42,6 +43,8 @@ fn broker() -> Option<String> {
         .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).ok())
         .is_some();
     if reachable {
+        static WATCHDOG: Once = Once::new();
+        WATCHDOG.call_once(|| watchdog(SUITE_LIMIT));
         return Some(addr);
     }
     if std::env::var_os("FRAUDSCORE_REQUIRE_BROKER").is_some() {
@@ -49,6 +52,89 @@ fn broker() -> Option<String> {
     }
     eprintln!("skipped: no Kafka broker at {addr} (bash scripts/broker.sh start)");
     None
+}
+
+/// The whole suite takes about 4 minutes on 2 cores: far longer means something hangs.
+const SUITE_LIMIT: Duration = Duration::from_secs(20 * 60);
+
+/// Processes the tests started and have not yet ended: the watchdog's to show and to kill.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Ends the test binary if it runs past `limit`, after printing every thread's stack of it and
+/// of the processes it started: a hang must fail CI with where it hung, not use up its time.
+fn watchdog(limit: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        let children = CHILDREN.lock().map(|c| c.clone()).unwrap_or_default();
+        // Straight to the stream: the test harness captures eprintln! of test threads.
+        let mut err = std::io::stderr();
+        let _ = writeln!(
+            err,
+            "broker tests still running after {limit:?}: stacks follow"
+        );
+        for pid in std::iter::once(std::process::id()).chain(children.iter().copied()) {
+            let _ = writeln!(err, "--- process {pid}");
+            let _ = Command::new("gdb")
+                .args([
+                    "-p",
+                    &pid.to_string(),
+                    "-batch",
+                    "-ex",
+                    "thread apply all bt",
+                ])
+                .stdin(Stdio::null())
+                .status();
+        }
+        for pid in children {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        std::process::exit(101);
+    });
+}
+
+/// Runs `cmd` to its end, failing the test if that takes longer than `limit`.
+fn output_within(mut cmd: Command, limit: Duration) -> std::process::Output {
+    let (out, err) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+    let mut child = cmd
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .spawn()
+        .expect("spawning");
+    let status = wait_within(&mut child, limit)
+        .unwrap_or_else(|| panic!("{cmd:?} still running after {limit:?}"));
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut bytes = Vec::new();
+        f.rewind().unwrap();
+        f.read_to_end(&mut bytes).unwrap();
+        bytes
+    };
+    std::process::Output {
+        status,
+        stdout: read(out),
+        stderr: read(err),
+    }
+}
+
+/// The child's exit status once it ends within `limit`; killed and `None` if it does not.
+fn wait_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    CHILDREN.lock().unwrap().push(child.id());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    CHILDREN.lock().unwrap().retain(|&pid| pid != child.id());
+    status
 }
 
 /// Fresh topic names and group for one test.
@@ -151,6 +237,7 @@ impl Instance {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawning fraudscore");
+        CHILDREN.lock().unwrap().push(child.id());
         let instance = Instance { child, http };
         instance.wait_ready(Duration::from_secs(60));
         instance
@@ -178,7 +265,8 @@ impl Instance {
             .args([sig, &self.child.id().to_string()])
             .status()
             .unwrap();
-        let status = self.child.wait().unwrap();
+        let status = wait_within(&mut self.child, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("still running 60 s after {sig}"));
         (status, started.elapsed())
     }
 
@@ -197,6 +285,9 @@ impl Drop for Instance {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Ok(mut children) = CHILDREN.lock() {
+            children.retain(|&pid| pid != self.child.id());
+        }
     }
 }
 
@@ -219,10 +310,15 @@ fn send(
     if let Some(k) = key {
         record = record.key(k);
     }
+    let start = Instant::now();
     loop {
         match p.send(record) {
             Ok(()) => return,
-            Err((_, r)) => {
+            Err((e, r)) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "the test producer refused a message for 60 s: {e}"
+                );
                 record = r;
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -245,9 +341,27 @@ fn read_outputs(
     limit: Duration,
     mut done: impl FnMut(&[Output], &[Output]) -> bool,
 ) -> (Vec<Output>, Vec<Output>) {
-    // Where each partition of both topics is read next.
+    let [scored, dlq] = read_topics(
+        brokers,
+        names,
+        [&names.scored, &names.dlq],
+        limit,
+        |[s, d]| done(s, d),
+    );
+    (scored, dlq)
+}
+
+/// Reads `topics` from the start until `done` says enough or `limit` passes.
+fn read_topics<const N: usize>(
+    brokers: &str,
+    names: &Names,
+    topics: [&str; N],
+    limit: Duration,
+    mut done: impl FnMut(&[Vec<Output>; N]) -> bool,
+) -> [Vec<Output>; N] {
+    // Where each partition of each topic is read next.
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for t in [&names.scored, &names.dlq] {
+    for t in topics {
         for p in 0..PARTITIONS {
             next.insert((t.to_string(), p), 0);
         }
@@ -269,14 +383,17 @@ fn read_outputs(
         consumer
     };
     let mut consumer = reader();
-    let (mut scored, mut dlq) = (Vec::new(), Vec::new());
+    let mut read: [Vec<Output>; N] = std::array::from_fn(|_| Vec::new());
     let (start, mut last) = (Instant::now(), Instant::now());
-    while start.elapsed() < limit && !done(&scored, &dlq) {
+    while start.elapsed() < limit && !done(&read) {
         // nisshi (0.8.1) sometimes never answers a fetch from the middle of a partition written
         // in compressed batches, while a fetch from its start reads everything: when nothing
         // comes for a while, read again from the start and skip what was read.
         if last.elapsed() > Duration::from_secs(3) {
-            consumer = reader();
+            // Closed on a thread of its own: closing a consumer can block for ever
+            // (fede1024/rust-rdkafka#509), and a test must not.
+            let old = std::mem::replace(&mut consumer, reader());
+            std::thread::spawn(move || drop(old));
             last = Instant::now();
         }
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
@@ -306,13 +423,11 @@ fn read_outputs(
             value: m.payload().unwrap_or_default().to_vec(),
             headers,
         };
-        if m.topic() == names.dlq {
-            dlq.push(out);
-        } else {
-            scored.push(out);
+        if let Some(i) = topics.iter().position(|t| *t == m.topic()) {
+            read[i].push(out);
         }
     }
-    (scored, dlq)
+    read
 }
 
 fn json(o: &Output) -> Value {
@@ -325,7 +440,11 @@ fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     if let Some(token) = token {
         request = request.header("Authorization", &format!("Bearer {token}"));
     }
-    match request.config().http_status_as_error(false).build().call() {
+    let config = request
+        .config()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)));
+    match config.build().call() {
         Ok(mut r) => (
             r.status().as_u16(),
             r.body_mut().read_to_string().unwrap_or_default(),
@@ -779,9 +898,10 @@ fn restored_from(instance: &Instance, source: &str) -> f64 {
 /// `fraudscore audit` on this test's topics: whether it found every output's features equal to
 /// one uninterrupted run's and nothing missing, and what it printed.
 fn audit(brokers: &str, names: &Names) -> (bool, String) {
-    let out = fraudscore(&["audit", "--examples", "3"], brokers, names)
-        .output()
-        .expect("running fraudscore audit");
+    let out = output_within(
+        fraudscore(&["audit", "--examples", "3"], brokers, names),
+        Duration::from_secs(300),
+    );
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
@@ -1333,6 +1453,132 @@ fn a_shadow_model_is_scored_beside_the_model_and_through_a_reload() {
         assert_eq!(v["shadow_score"], v["score"], "{v}");
         assert_eq!(v["shadow_decision"], v["decision"], "{v}");
     }
+}
+
+/// `kafka.shadow_topic`: the shadow's verdicts go to a topic of their own, one record per scored
+/// transaction beside the model's, the outputs carry no `shadow_*` fields, and every input is
+/// committed once both are acknowledged. (That a missing acknowledgement of either holds the
+/// commit is tested with an injected fault in tests/faults.rs.)
+#[test]
+fn a_shadow_topic_gets_the_shadow_verdicts_and_the_inputs_are_committed() {
+    let Some(brokers) = broker() else { return };
+    let names = fresh(&brokers, "shadowtopic");
+    let tiny = root().join("tests/data/tiny.onnx");
+    let tiny_env = tiny.display().to_string();
+    let shadow_topic = format!("shadow-{}", names.group);
+    create_topics(&brokers, &[&shadow_topic]);
+    let service = Instance::start(
+        &brokers,
+        &names,
+        &[
+            ("FRAUDSCORE__MODEL__SHADOW", &tiny_env),
+            ("FRAUDSCORE__KAFKA__SHADOW_TOPIC", &shadow_topic),
+        ],
+    );
+    let input = workload("h", 200, 16);
+    let p = producer(&brokers);
+    for (key, value) in &input {
+        send(&p, &names.input, Some(key), value);
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let wanted: HashSet<String> = (0..input.len()).map(|i| format!("h-{i}")).collect();
+    let (scored, dlq) = read_outputs(&brokers, &names, Duration::from_secs(60), |s, _| {
+        ids_of(s).into_iter().collect::<HashSet<_>>() == wanted
+    });
+    assert!(dlq.is_empty());
+    let outputs: HashMap<String, Value> = scored
+        .iter()
+        .map(json)
+        .map(|v| (v["transaction_id"].as_str().unwrap().to_string(), v))
+        .collect();
+    assert_eq!(outputs.len(), input.len(), "every transaction output");
+    for v in outputs.values() {
+        assert!(v.get("shadow_score").is_none(), "no shadow fields: {v}");
+    }
+    let [shadowed] = read_topics(
+        &brokers,
+        &names,
+        [&shadow_topic],
+        Duration::from_secs(60),
+        |[s]| ids_of(s).into_iter().collect::<HashSet<_>>() == wanted,
+    );
+    let (tiny, main) = (
+        Model::load(&tiny, 1).unwrap(),
+        Model::load(&model_path(), 1).unwrap(),
+    );
+    let mut ids = HashSet::new();
+    for v in shadowed.iter().map(json) {
+        let id = v["transaction_id"].as_str().unwrap();
+        ids.insert(id.to_string());
+        let out = &outputs[id];
+        assert_eq!(v["shadow_model_version"], tiny.version(), "{v}");
+        assert_eq!(v["model_version"], main.version(), "{v}");
+        assert_eq!(v["score"], out["score"], "{v} beside {out}");
+        assert_eq!(v["decision"], out["decision"], "{v} beside {out}");
+        // tiny.onnx has no thresholds of its own: 0.5 and 0.9.
+        let expected = match v["shadow_score"].as_f64().unwrap() as f32 {
+            s if s >= 0.9 => "decline",
+            s if s >= 0.5 => "review",
+            _ => "approve",
+        };
+        assert_eq!(v["shadow_decision"], expected, "{v}");
+    }
+    assert_eq!(ids, wanted, "a shadow record for every transaction");
+    let ends = input_ends(&brokers, &names);
+    let start = Instant::now();
+    while committed(&brokers, &names) != ends.iter().copied().map(Some).collect::<Vec<_>>() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "commits never reached the ends {ends:?}: {:?}",
+            committed(&brokers, &names)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Shadow records are a second output of each transaction, not more transactions.
+    assert_eq!(
+        service.metric("fraudscore_transactions_total{outcome=\"scored\"}"),
+        input.len() as f64
+    );
+}
+
+/// The service group's committed offset of each input partition.
+fn committed(brokers: &str, names: &Names) -> Vec<Option<i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", &names.group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(&names.input, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    (0..PARTITIONS)
+        .map(
+            |p| match committed.find_partition(&names.input, p)?.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// Each input partition's end.
+fn input_ends(brokers: &str, names: &Names) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    (0..PARTITIONS)
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(&names.input, p, Duration::from_secs(10))
+                .unwrap();
+            high
+        })
+        .collect()
 }
 
 /// `rules.file` on a running service: outputs name the rules that fired and take their

@@ -240,7 +240,7 @@ fn transaction_id(value: &[u8]) -> Option<String> {
     value["transaction_id"].as_str().map(str::to_string)
 }
 
-/// Reads both output topics from the beginning on a thread of its own, outside any group.
+/// Reads output topics from the beginning on a thread of its own, outside any group.
 struct Reader {
     seen: Arc<Mutex<Vec<Out>>>,
     /// Distinct transaction ids seen, kept up to date by the reading thread.
@@ -251,7 +251,12 @@ struct Reader {
 }
 
 impl Reader {
+    /// Reads both output topics.
     fn start(brokers: &str) -> Reader {
+        Reader::start_on(brokers, &[SCORED, DLQ])
+    }
+
+    fn start_on(brokers: &str, topics: &[&str]) -> Reader {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             // librdkafka wants a group even for `assign`; this one never joins nor commits.
@@ -261,7 +266,7 @@ impl Reader {
             .create()
             .expect("reader");
         let mut tpl = TopicPartitionList::new();
-        for topic in [SCORED, DLQ] {
+        for topic in topics {
             for p in 0..4 {
                 tpl.add_partition_offset(topic, p, Offset::Beginning)
                     .expect("tpl");
@@ -384,6 +389,76 @@ fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .find_map(|v| v.trim().parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 0. A shadow record not yet acknowledged
+// ---------------------------------------------------------------------------------------------
+
+/// With `kafka.shadow_topic`, each input has two outputs, and is committed only once both are
+/// acknowledged: while the shadow topic has no leader, the scored outputs come out and nothing is
+/// committed; once it has one, the shadow records follow and so do the commits.
+#[test]
+fn an_input_whose_shadow_record_is_not_acknowledged_stays_uncommitted() {
+    let _serial = serial();
+    logs();
+    const SHADOW: &str = "transactions-shadow";
+    let cluster = cluster(1);
+    cluster.create_topic(SHADOW, 4, 1).expect("shadow topic");
+    let no_leader = rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE;
+    cluster.topic_error(SHADOW, no_leader).expect("topic error");
+    let brokers = cluster.bootstrap_servers();
+    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny.onnx");
+    let service = start_with_partitions(config(
+        &brokers,
+        &[
+            ("FRAUDSCORE__MODEL__SHADOW", tiny),
+            ("FRAUDSCORE__KAFKA__SHADOW_TOPIC", SHADOW),
+        ],
+    ));
+    let scored = Reader::start(&brokers);
+    let input = producer(&brokers);
+    for i in 0..50 {
+        let customer = format!("c-{}", i % 10);
+        send(
+            &input,
+            customer.as_bytes(),
+            &transaction(&format!("t-{i}"), &customer, 5.0 + i as f64),
+            None,
+        );
+    }
+    input.flush(Duration::from_secs(10)).expect("input flushed");
+    assert!(
+        wait_until(Duration::from_secs(30), || scored.distinct_ids() == 50),
+        "every scored output came out: {}",
+        scored.distinct_ids()
+    );
+    // Ten commit intervals and more.
+    std::thread::sleep(Duration::from_secs(1));
+    let (committed, ends) = committed_and_ends(&brokers, 1);
+    assert_eq!(
+        committed,
+        [-1],
+        "nothing committed while the shadow records wait (input ends at {ends:?})"
+    );
+
+    let no_error = rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR;
+    cluster
+        .topic_error(SHADOW, no_error)
+        .expect("topic error cleared");
+    let shadowed = Reader::start_on(&brokers, &[SHADOW]);
+    assert!(
+        wait_until(Duration::from_secs(60), || shadowed.distinct_ids() == 50),
+        "every shadow record came out: {}",
+        shadowed.distinct_ids()
+    );
+    let caught_up = wait_until(Duration::from_secs(30), || {
+        let (committed, ends) = committed_and_ends(&brokers, 1);
+        committed == ends
+    });
+    assert!(caught_up, "{:?}", committed_and_ends(&brokers, 1));
+    let (stopped, _) = service.stop_within(Duration::from_secs(30));
+    stopped.expect("clean stop");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -45,7 +45,11 @@ impl Drop for Killed {
 
 /// Status and body of a GET, whatever the status; status 0 when nothing answers.
 fn call(request: ureq::RequestBuilder<ureq::typestate::WithoutBody>) -> (u16, String) {
-    match request.config().http_status_as_error(false).build().call() {
+    let config = request
+        .config()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)));
+    match config.build().call() {
         Ok(mut r) => (
             r.status().as_u16(),
             r.body_mut().read_to_string().unwrap_or_default(),

@@ -91,7 +91,9 @@ impl Lane {
         prepared
             .iter()
             .zip(verdicts.iter())
-            .map(|(p, v)| output::scored(self.engine.spec(), p, Some((v, &*scorer)), now).len())
+            .map(|(p, v)| {
+                output::scored(self.engine.spec(), p, Some((v, &*scorer)), true, now).len()
+            })
             .sum()
     }
 }

@@ -23,13 +23,17 @@ use super::FLUSH_TIMEOUT;
 pub enum Outcome {
     Scored,
     DeadLettered,
+    /// A shadow verdict on the shadow topic: the second output of a transaction counted as scored.
+    Shadow,
 }
 
 impl Outcome {
-    pub fn label(self) -> &'static str {
+    /// The transaction's outcome label; none for an output beside its main one.
+    pub fn label(self) -> Option<&'static str> {
         match self {
-            Outcome::Scored => "scored",
-            Outcome::DeadLettered => "dlq",
+            Outcome::Scored => Some("scored"),
+            Outcome::DeadLettered => Some("dlq"),
+            Outcome::Shadow => None,
         }
     }
 }
@@ -71,12 +75,12 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
         match result {
             Ok(_) => {
-                let m = &self.shared.metrics;
-                m.processing_seconds
-                    .observe(delivery.consumed_at.elapsed().as_secs_f64());
-                m.transactions
-                    .with_label_values(&[delivery.outcome.label()])
-                    .inc();
+                if let Some(outcome) = delivery.outcome.label() {
+                    let m = &self.shared.metrics;
+                    m.processing_seconds
+                        .observe(delivery.consumed_at.elapsed().as_secs_f64());
+                    m.transactions.with_label_values(&[outcome]).inc();
+                }
                 self.shared
                     .offsets()
                     .acknowledged(delivery.partition, delivery.offset);

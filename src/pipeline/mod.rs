@@ -433,14 +433,24 @@ impl Worker {
         let scored_at = EventTime::now();
         let mut batch = std::mem::take(&mut self.batch);
         let mut result = Ok(());
+        let shadow_topic = self.config.kafka.shadow_topic.as_deref();
         for (prepared, source, verdict) in batch.drain() {
             let value = output::scored(
                 self.engine.spec(),
                 &prepared,
                 Some((&verdict, &self.scorer)),
+                shadow_topic.is_none(),
                 scored_at,
             );
             self.observe_scored(&prepared, &verdict, scored_at);
+            let shadowed = shadow_topic.and_then(|topic| {
+                let value = output::shadowed(&prepared, &verdict, &self.scorer, scored_at)?;
+                Some((topic, value))
+            });
+            // Counted before either is sent: the input is committed once both are acknowledged.
+            if shadowed.is_some() {
+                self.shared.offsets().also(source.partition, source.offset);
+            }
             let record = Record {
                 topic: &self.config.kafka.output_topic,
                 key: Some(prepared.transaction.customer_id.as_str().as_bytes()),
@@ -456,6 +466,22 @@ impl Worker {
             if let Err(e) = self.emit(record, delivery, None, stop) {
                 result = Err(e);
                 break;
+            }
+            if let Some((topic, value)) = shadowed {
+                let record = Record {
+                    topic,
+                    key: Some(prepared.transaction.customer_id.as_str().as_bytes()),
+                    payload: Some(&value),
+                    headers: None,
+                };
+                let delivery = Delivery {
+                    outcome: Outcome::Shadow,
+                    ..delivery
+                };
+                if let Err(e) = self.emit(record, delivery, None, stop) {
+                    result = Err(e);
+                    break;
+                }
             }
         }
         // The batch goes back (emptied, what was left unsent is re-scored after a restart), so
@@ -552,8 +578,12 @@ impl Worker {
             payload: payload.map(|v| &v[..v.len().min(TRUNCATED_BYTES)]),
             headers: Some(headers),
         };
+        // A shadow record dead-lettered is still the transaction's second output, not its outcome.
         let delivery = Delivery {
-            outcome: Outcome::DeadLettered,
+            outcome: match delivery.outcome {
+                Outcome::Shadow => Outcome::Shadow,
+                _ => Outcome::DeadLettered,
+            },
             ..delivery
         };
         match self.output.send(record, delivery, stop) {
@@ -656,7 +686,11 @@ impl Worker {
                     break;
                 }
                 // Records given up on when the stop came are in flight for good: not waited for.
-                let waiting = self.shared.offsets().in_flight() - self.abandoned.get();
+                let waiting = self
+                    .shared
+                    .offsets()
+                    .in_flight()
+                    .saturating_sub(self.abandoned.get());
                 if waiting == 0 || Instant::now() >= deadline {
                     break;
                 }

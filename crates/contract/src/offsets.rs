@@ -1,11 +1,11 @@
 //! Which input offsets may be committed: only those below the oldest message whose output is not yet acknowledged.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Default)]
 struct PartitionOffsets {
-    /// Consumed, output not yet acknowledged.
-    in_flight: BTreeSet<i64>,
+    /// Consumed, with how many of its outputs are not yet acknowledged.
+    in_flight: BTreeMap<i64, u32>,
     /// One past the highest offset consumed.
     next: i64,
     /// The last position handed out for commit.
@@ -14,7 +14,9 @@ struct PartitionOffsets {
 
 impl PartitionOffsets {
     fn position(&self) -> i64 {
-        self.in_flight.first().copied().unwrap_or(self.next)
+        self.in_flight
+            .first_key_value()
+            .map_or(self.next, |(&offset, _)| offset)
     }
 }
 
@@ -28,14 +30,32 @@ impl OffsetTracker {
     /// A message was consumed; its output is on the way.
     pub fn consumed(&mut self, partition: i32, offset: i64) {
         let p = self.partitions.entry(partition).or_default();
-        p.in_flight.insert(offset);
+        p.in_flight.insert(offset, 1);
         p.next = p.next.max(offset + 1);
     }
 
-    /// The broker acknowledged the output of this message.
+    /// One more output of this consumed message is on the way: it is committed only once every
+    /// one is acknowledged.
+    pub fn also(&mut self, partition: i32, offset: i64) {
+        if let Some(pending) = self
+            .partitions
+            .get_mut(&partition)
+            .and_then(|p| p.in_flight.get_mut(&offset))
+        {
+            *pending += 1;
+        }
+    }
+
+    /// The broker acknowledged one output of this message.
     pub fn acknowledged(&mut self, partition: i32, offset: i64) {
-        if let Some(p) = self.partitions.get_mut(&partition) {
-            p.in_flight.remove(&offset);
+        let Some(p) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        if let Some(pending) = p.in_flight.get_mut(&offset) {
+            *pending -= 1;
+            if *pending == 0 {
+                p.in_flight.remove(&offset);
+            }
         }
     }
 
@@ -107,7 +127,7 @@ impl OffsetTracker {
     pub fn is_in_flight(&self, partition: i32, offset: i64) -> bool {
         self.partitions
             .get(&partition)
-            .is_some_and(|p| p.in_flight.contains(&offset))
+            .is_some_and(|p| p.in_flight.contains_key(&offset))
     }
 
     /// The partition was revoked: nothing of it may be committed by this instance any more.
@@ -117,9 +137,13 @@ impl OffsetTracker {
         }
     }
 
-    /// Messages consumed whose outputs are not acknowledged yet.
+    /// Outputs not acknowledged yet.
     pub fn in_flight(&self) -> usize {
-        self.partitions.values().map(|p| p.in_flight.len()).sum()
+        self.partitions
+            .values()
+            .flat_map(|p| p.in_flight.values())
+            .map(|&n| n as usize)
+            .sum()
     }
 }
 
@@ -164,6 +188,25 @@ mod tests {
         assert_eq!(t.positions(&[0, 1]), [(1, 4)]);
     }
 
+    #[test]
+    fn a_message_with_two_outputs_waits_for_both() {
+        let mut t = OffsetTracker::default();
+        t.consumed(0, 0);
+        t.also(0, 0);
+        t.consumed(0, 1);
+        assert_eq!(t.in_flight(), 3);
+        t.acknowledged(0, 0);
+        t.acknowledged(0, 1);
+        assert!(t.is_in_flight(0, 0));
+        assert_eq!(t.to_commit(), []);
+        t.acknowledged(0, 0);
+        assert_eq!(t.to_commit(), [(0, 2)]);
+        assert_eq!(t.in_flight(), 0);
+        // Too many acknowledgements (a re-delivered callback) never go below none.
+        t.acknowledged(0, 0);
+        assert_eq!(t.in_flight(), 0);
+    }
+
     proptest! {
         /// Whatever order acknowledgements come in, a committed position never passes an
         /// unacknowledged offset, and once all are acknowledged it reaches the end.
@@ -173,7 +216,7 @@ mod tests {
             for o in 0..50 {
                 t.consumed(2, o);
             }
-            let mut acked = BTreeSet::new();
+            let mut acked = std::collections::BTreeSet::new();
             for o in order {
                 t.acknowledged(2, o);
                 acked.insert(o);

@@ -494,8 +494,11 @@ impl Config {
         if self.http.max_connections == 0 {
             return Err("http.max_connections must be at least 1".into());
         }
-        if self.engine.max_events_per_customer == 0 {
-            return Err("engine.max_events_per_customer must be at least 1".into());
+        let most = crate::window::MAX_EVENTS_PER_CUSTOMER;
+        if !(1..=most).contains(&self.engine.max_events_per_customer) {
+            return Err(format!(
+                "engine.max_events_per_customer must be from 1 to {most} (window sums stay exact up to there)"
+            ));
         }
         if m.max_batch == 0 {
             return Err("model.max_batch must be at least 1".into());
@@ -608,6 +611,25 @@ mod tests {
             c.kafka.common["security.protocol"],
             PropertyValue("SASL_SSL".into())
         );
+    }
+
+    #[test]
+    fn the_cap_on_events_per_customer_keeps_window_sums_exact() {
+        let cap = |n: usize| {
+            let n = n.to_string();
+            Config::parse(
+                &shipped(),
+                "f.toml",
+                env(&[("FRAUDSCORE__ENGINE__MAX_EVENTS_PER_CUSTOMER", &n)]),
+            )
+        };
+        let most = crate::window::MAX_EVENTS_PER_CUSTOMER;
+        assert!(most >= 900_000, "{most}");
+        assert!(cap(most).is_ok());
+        for refused in [0, most + 1] {
+            let err = cap(refused).unwrap_err().to_string();
+            assert!(err.contains("max_events_per_customer"), "{err}");
+        }
     }
 
     #[test]

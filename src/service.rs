@@ -87,9 +87,7 @@ impl Service {
     pub fn start(config: Config) -> Result<Service, StartError> {
         let threads = config.pipeline.threads;
         // One scorer per pipeline: an ONNX Runtime session is not shared between threads.
-        let scorers = (0..threads)
-            .map(|lane| scorer(&config, lane == 0))
-            .collect::<Result<Vec<_>, _>>()?;
+        let scorers = scorers(&config, threads)?;
         let thresholds = scorers[0].thresholds();
         let spec = scorers[0].spec().clone();
         // One id seed for every pipeline's store: a partition's snapshot is read back by
@@ -302,10 +300,46 @@ impl Service {
     }
 }
 
-/// The model, its shadow and the rules of `config`, loaded for one pipeline; logged once.
-fn scorer(config: &Config, log: bool) -> Result<Scorer, StartError> {
+/// The model, its shadow and the rules of `config`, for each of `threads` pipelines. Each file
+/// is read once, so that a file replaced during the start cannot give pipelines different models.
+fn scorers(config: &Config, threads: usize) -> Result<Vec<Scorer>, StartError> {
     let m = &config.model;
-    let model = Model::load(&m.path, m.intra_threads)?;
+    let model = Model::read(&m.path)?;
+    let shadow = m
+        .shadow
+        .as_deref()
+        .map(|p| Ok::<_, StartError>((p, Model::read(p)?)));
+    let shadow = shadow.transpose()?;
+    let rules = config.rules.file.as_deref();
+    let rules = rules.map(|p| Ok::<_, StartError>((p, Rules::read(p)?)));
+    let rules = rules.transpose()?;
+    (0..threads)
+        .map(|lane| {
+            let model = Model::from_bytes(&m.path, &model, m.intra_threads)?;
+            let shadow = shadow
+                .as_ref()
+                .map(|(p, bytes)| Model::from_bytes(p, bytes, m.intra_threads));
+            let rules = rules.as_ref().map(|(p, text)| Rules::parse(p, text));
+            scorer(
+                config,
+                model,
+                shadow.transpose()?,
+                rules.transpose()?,
+                lane == 0,
+            )
+        })
+        .collect()
+}
+
+/// One pipeline's scorer; logged for the first.
+fn scorer(
+    config: &Config,
+    model: Model,
+    shadow: Option<Model>,
+    rules: Option<Rules>,
+    log: bool,
+) -> Result<Scorer, StartError> {
+    let m = &config.model;
     let thresholds = Thresholds::resolve(model.thresholds(), m.thresholds())?;
     if log {
         info!(
@@ -319,8 +353,7 @@ fn scorer(config: &Config, log: bool) -> Result<Scorer, StartError> {
         );
     }
     let mut scorer = Scorer::new(model, thresholds).with_reasons(m.reason_policy());
-    if let Some(path) = &m.shadow {
-        let shadow = Model::load(path, m.intra_threads)?;
+    if let (Some(path), Some(shadow)) = (&m.shadow, shadow) {
         if log {
             info!(
                 shadow = %path.display(),
@@ -331,7 +364,6 @@ fn scorer(config: &Config, log: bool) -> Result<Scorer, StartError> {
         }
         scorer = scorer.with_shadow(shadow)?;
     }
-    let rules = config.rules.file.as_deref().map(Rules::load).transpose()?;
     if let (true, Some(rules)) = (log, &rules) {
         info!(file = %rules.path().display(), rules = ?rules.names().collect::<Vec<_>>(), "rules loaded");
     }

@@ -1,5 +1,6 @@
 //! One customer's recent transactions, kept sorted in event time, answering exact sliding-window counts and sums.
 
+use fraudscore_contract::MAX_AMOUNT;
 use thin_vec::ThinVec;
 
 use crate::time::{EventTime, WindowLen};
@@ -96,6 +97,24 @@ pub enum Refused {
 /// The low bits of an event's id word that hold the decision it was scored with, not the id.
 const OUTCOME_BITS: u64 = 0b11;
 
+/// Window sums count amounts in whole ten-thousandths: integer sums are exact, so a window's sum
+/// is one subtraction of running totals whatever order the events came in (a running total of
+/// floats would carry the rounding of every event ever added and removed).
+const UNITS_PER_AMOUNT: f64 = 10_000.0;
+
+/// The most events one customer may hold for its window sums to stay exact: a window's sum of
+/// amounts up to [`MAX_AMOUNT`] must fit in 63 bits of units.
+pub const MAX_EVENTS_PER_CUSTOMER: usize =
+    (i64::MAX as f64 / (MAX_AMOUNT * UNITS_PER_AMOUNT)) as usize;
+
+fn to_units(amount: f64) -> i64 {
+    (amount * UNITS_PER_AMOUNT).round() as i64
+}
+
+fn from_units(units: i64) -> f64 {
+    units as f64 / UNITS_PER_AMOUNT
+}
+
 /// An event in 24 bytes, ordered by (timestamp, id hash). A 62-bit keyed hash of the transaction
 /// id tells re-deliveries from other transactions of the same millisecond (16 bytes with 22 bits
 /// of an unkeyed hash left one pair in 4 M colliding, and collisions easy to craft); the two low
@@ -104,7 +123,9 @@ const OUTCOME_BITS: u64 = 0b11;
 struct Event {
     at: i64,
     id: u64,
-    amount: f64,
+    /// The amounts of this event and every one held before it, in units. Wrapping: only
+    /// differences are read, and those fit (see [`MAX_EVENTS_PER_CUSTOMER`]).
+    total: i64,
 }
 
 impl Event {
@@ -113,7 +134,9 @@ impl Event {
     }
 }
 
-/// A customer's events within reach of any future window, sorted by (timestamp, id hash).
+/// A customer's events within reach of any future window, sorted by (timestamp, id hash), with
+/// running totals of their amounts: a window's count and sum are two binary searches and a
+/// subtraction, for a customer with thousands of events as for one with a few.
 /// A thin vector (one pointer; length and capacity live with the events) keeps a million customers small.
 #[derive(Debug, Clone, Default)]
 pub struct CustomerWindows {
@@ -121,6 +144,11 @@ pub struct CustomerWindows {
 }
 
 impl CustomerWindows {
+    /// The running total before the event at `pos`.
+    fn total_before(&self, pos: usize) -> i64 {
+        pos.checked_sub(1).map_or(0, |i| self.events[i].total)
+    }
+
     /// Adds an event in its place in event time, unless it is a re-delivery or too late.
     /// `id` is the keyed hash of the transaction id.
     pub fn insert(
@@ -152,14 +180,20 @@ impl CustomerWindows {
             // Grow by an eighth, not double: spare capacity is most of the memory of a busy state.
             self.events.reserve_exact((len / 8).max(2));
         }
+        let units = to_units(amount);
+        let total = self.total_before(pos).wrapping_add(units);
         self.events.insert(
             pos,
             Event {
                 at: at.millis(),
                 id: k.1,
-                amount,
+                total,
             },
         );
+        // Only a late event has later ones, which the insert shifted anyway.
+        for later in &mut self.events[pos + 1..] {
+            later.total = later.total.wrapping_add(units);
+        }
         self.evict(retention);
         Ok(Admission::Added)
     }
@@ -172,7 +206,11 @@ impl CustomerWindows {
         // whole array, and doing that once an eighth has expired keeps a hot customer's inserts
         // amortized O(1) instead of one full shift per event.
         if expired > 0 && expired * 8 >= self.events.len() {
+            let gone = self.events[expired - 1].total;
             self.events.drain(..expired);
+            for e in self.events.iter_mut() {
+                e.total = e.total.wrapping_sub(gone);
+            }
             // Give memory back from a customer whose activity dropped, without reallocating often.
             if self.events.capacity() > self.events.len() + self.events.len() / 4 + 4 {
                 self.events.shrink_to_fit();
@@ -192,15 +230,16 @@ impl CustomerWindows {
     /// Count and sum for each window (ascending lengths) ending at `at`: events in `(at - w, at]`.
     pub fn stats(&self, at: EventTime, windows: &[WindowLen], out: &mut Vec<WindowStats>) {
         out.clear();
-        let hi = self.events.partition_point(|e| e.at <= at.millis());
-        let mut lo = hi;
-        let mut acc = WindowStats::default();
+        let end = self.events.partition_point(|e| e.at <= at.millis());
+        let total = self.total_before(end);
+        let mut lo = end;
         for w in windows {
             let start = self.events[..lo].partition_point(|e| e.at <= at.millis() - w.millis());
-            acc.count += (lo - start) as u32;
-            acc.sum += self.events[start..lo].iter().map(|e| e.amount).sum::<f64>();
+            out.push(WindowStats {
+                count: (end - start) as u32,
+                sum: from_units(total.wrapping_sub(self.total_before(start))),
+            });
             lo = start;
-            out.push(acc);
         }
     }
 
@@ -242,15 +281,20 @@ impl CustomerWindows {
 
     /// The events held, oldest first, as (epoch ms, id hash, amount): what a snapshot stores.
     pub fn events(&self) -> impl ExactSizeIterator<Item = (i64, u64, f64)> + '_ {
-        self.events.iter().map(|e| (e.at, e.id, e.amount))
+        self.events.iter().enumerate().map(|(i, e)| {
+            let units = e.total.wrapping_sub(self.total_before(i));
+            (e.at, e.id, from_units(units))
+        })
     }
 
     /// Windows holding `events` as [`CustomerWindows::events`] gave them; `None` unless they are
     /// strictly ascending by (time, id hash), as no insert sequence could have left them otherwise.
     pub fn from_events(events: impl ExactSizeIterator<Item = (i64, u64, f64)>) -> Option<Self> {
         let mut held = ThinVec::with_capacity(events.len());
+        let mut total = 0i64;
         for (at, id, amount) in events {
-            let event = Event { at, id, amount };
+            total = total.wrapping_add(to_units(amount));
+            let event = Event { at, id, total };
             if held
                 .last()
                 .is_some_and(|last: &Event| last.key() >= event.key())
@@ -368,10 +412,23 @@ mod tests {
         assert_eq!(c.len(), 2);
     }
 
-    /// The brute-force reference: every event ever accepted, scanned in full.
-    fn reference(accepted: &[(i64, f64)], t: i64, len: i64) -> (u32, f64) {
+    /// The brute-force reference: every event ever accepted, scanned in full, summed in cents.
+    fn reference(accepted: &[(i64, u64)], t: i64, len: i64) -> (u32, u64) {
         let inside = accepted.iter().filter(|(ts, _)| *ts > t - len && *ts <= t);
-        inside.fold((0, 0.0), |(n, s), (_, a)| (n + 1, s + a))
+        inside.fold((0, 0), |(n, s), (_, cents)| (n + 1, s + cents))
+    }
+
+    #[test]
+    fn sums_of_cents_are_exact_to_the_cent() {
+        let r = Retention::new(w(10 * MIN), 0);
+        let mut c = CustomerWindows::default();
+        for i in 0..10 {
+            c.insert(at(T0 + i), i as u64 * 4, 0.1, &r).unwrap();
+        }
+        let mut out = Vec::new();
+        c.stats(at(T0 + 20), &[w(MIN)], &mut out);
+        // Ten 0.1s added as floats make 0.9999999999999999.
+        assert_eq!(out[0].sum, 1.0);
     }
 
     proptest! {
@@ -386,7 +443,7 @@ mod tests {
             let windows = [w(MIN), w(10 * MIN), w(60 * MIN)];
             let r = Retention::new(windows[2], lateness_min * MIN);
             let mut c = CustomerWindows::default();
-            let mut accepted: Vec<(i64, f64)> = Vec::new();
+            let mut accepted: Vec<(i64, u64)> = Vec::new();
             let mut ids: Vec<(i64, u64)> = Vec::new();
             let mut newest = i64::MIN;
             let mut out = Vec::new();
@@ -408,16 +465,17 @@ mod tests {
                         prop_assert_eq!(admission == Admission::Duplicate, seen);
                         if !seen {
                             ids.push((t, id));
-                            accepted.push((t, amount));
+                            accepted.push((t, cents as u64));
                         }
                     }
                 }
                 newest = newest.max(t);
                 c.stats(at(t), &windows, &mut out);
                 for (stats, win) in out.iter().zip(windows) {
-                    let (n, s) = reference(&accepted, t, win.millis());
+                    let (n, cents) = reference(&accepted, t, win.millis());
                     prop_assert_eq!(stats.count, n);
-                    prop_assert!((stats.sum - s).abs() <= 1e-9 * s.max(1.0), "{} vs {}", stats.sum, s);
+                    // Exact: the sum of the cents, rounded once.
+                    prop_assert_eq!(stats.sum, cents as f64 / 100.0);
                 }
             }
         }

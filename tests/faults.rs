@@ -185,6 +185,15 @@ fn producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
         .expect("test producer")
 }
 
+/// Sends fifty valid transactions, `t-0` to `t-49`, of ten customers.
+fn send_fifty(producer: &ThreadedProducer<DefaultProducerContext>) {
+    for i in 0..50 {
+        let customer = format!("c-{}", i % 10);
+        let value = transaction(&format!("t-{i}"), &customer, 5.0 + i as f64);
+        send(producer, customer.as_bytes(), &value, None);
+    }
+}
+
 /// Sends one record, waiting while the producer's queue is full.
 fn send(
     producer: &ThreadedProducer<DefaultProducerContext>,
@@ -418,15 +427,7 @@ fn an_input_whose_shadow_record_is_not_acknowledged_stays_uncommitted() {
     ));
     let scored = Reader::start(&brokers);
     let input = producer(&brokers);
-    for i in 0..50 {
-        let customer = format!("c-{}", i % 10);
-        send(
-            &input,
-            customer.as_bytes(),
-            &transaction(&format!("t-{i}"), &customer, 5.0 + i as f64),
-            None,
-        );
-    }
+    send_fifty(&input);
     input.flush(Duration::from_secs(10)).expect("input flushed");
     assert!(
         wait_until(Duration::from_secs(30), || scored.distinct_ids() == 50),
@@ -502,15 +503,7 @@ fn an_output_the_producer_refuses_is_dead_lettered_truncated_and_the_partition_k
     send(&input, b"c-bad", &not_json, None);
     // (c) Fifty normal ones behind them.
     let normal: BTreeSet<String> = (0..50).map(|i| format!("t-{i}")).collect();
-    for i in 0..50 {
-        let customer = format!("c-{}", i % 10);
-        send(
-            &input,
-            customer.as_bytes(),
-            &transaction(&format!("t-{i}"), &customer, 5.0 + i as f64),
-            None,
-        );
-    }
+    send_fifty(&input);
     input.flush(Duration::from_secs(10)).expect("input flushed");
 
     let arrived = wait_until(Duration::from_secs(30), || {

@@ -1,9 +1,11 @@
-//! The cost of one customer's window counts and sums by how many events it holds:
-//! `cargo bench --bench window`.
+//! The cost of one customer's window counts and sums by how many events it holds, and of one
+//! terminal's label windows by how many labels it holds: `cargo bench --bench window`.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use fraudscore::decode::{CustomerId, Label};
+use fraudscore::terminals::{DelayedWindow, Terminals};
 use fraudscore::time::{EventTime, WindowLen};
 use fraudscore::window::{CustomerWindows, Retention};
 
@@ -40,5 +42,42 @@ fn stats_by_history(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stats_by_history);
+/// The shipped model's terminal windows (1, 7 and 30 days, 7 days delayed) at a terminal whose
+/// labels, one per transaction, were each known a day after it, spread over 37 days.
+fn terminal_stats_by_labels(c: &mut Criterion) {
+    let delay = WindowLen::parse("7d").expect("delay");
+    let windows: Vec<DelayedWindow> = ["1d", "7d", "30d"]
+        .iter()
+        .map(|w| DelayedWindow {
+            len: WindowLen::parse(w).expect("window"),
+            delay,
+        })
+        .collect();
+    let mut g = c.benchmark_group("terminal_stats");
+    for held in [10i64, 1_000, 30_000] {
+        let terminals = Terminals::new(40 * DAY);
+        for i in 0..held {
+            let at = T0 + i * (37 * DAY / held);
+            terminals.add(&Label {
+                transaction_id: format!("tx-{i}"),
+                customer_id: CustomerId::new(format!("c-{}", i % 100)),
+                terminal_id: "t-1".into(),
+                timestamp: EventTime::checked(at).expect("time"),
+                fraud: i % 50 == 0,
+                labelled_at: EventTime::checked(at + DAY).expect("time"),
+            });
+        }
+        let now = EventTime::checked(T0 + 37 * DAY).expect("time");
+        let mut out = Vec::new();
+        g.bench_function(format!("three_windows_{held}_labels"), |b| {
+            b.iter(|| {
+                terminals.stats("t-1", black_box(now), &windows, &mut out);
+                black_box(out[2].risk())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, stats_by_history, terminal_stats_by_labels);
 criterion_main!(benches);

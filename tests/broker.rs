@@ -74,8 +74,10 @@ fn watchdog(limit: Duration) {
         );
         for pid in std::iter::once(std::process::id()).chain(children.iter().copied()) {
             let _ = writeln!(err, "--- process {pid}");
-            let _ = Command::new("gdb")
+            let _ = Command::new("timeout")
                 .args([
+                    "60",
+                    "gdb",
                     "-p",
                     &pid.to_string(),
                     "-batch",
@@ -427,6 +429,7 @@ fn read_topics<const N: usize>(
             read[i].push(out);
         }
     }
+    std::thread::spawn(move || drop(consumer));
     read
 }
 
@@ -1555,6 +1558,7 @@ fn committed(brokers: &str, names: &Names) -> Vec<Option<i64>> {
     let committed = consumer
         .committed_offsets(tpl, Duration::from_secs(10))
         .unwrap();
+    std::thread::spawn(move || drop(consumer));
     (0..PARTITIONS)
         .map(
             |p| match committed.find_partition(&names.input, p)?.offset() {

@@ -14,6 +14,7 @@ use crate::scorer::{Scorer, Verdict};
 pub struct Source {
     pub partition: i32,
     pub offset: i64,
+    pub epoch: fraudscore_contract::Epoch,
     /// The input's headers, copied onto its output.
     pub headers: Option<OwnedHeaders>,
     pub consumed_at: Instant,
@@ -109,6 +110,7 @@ mod tests {
         let source = Source {
             partition,
             offset,
+            epoch: 0,
             headers: None,
             consumed_at: Instant::now(),
         };

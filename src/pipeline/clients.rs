@@ -44,6 +44,8 @@ impl Outcome {
 pub struct Delivery {
     pub partition: i32,
     pub offset: i64,
+    /// Which holding of the partition the input was consumed in.
+    pub epoch: fraudscore_contract::Epoch,
     /// When the input was consumed, for `fraudscore_processing_seconds`.
     pub consumed_at: Instant,
     pub outcome: Outcome,
@@ -81,9 +83,11 @@ impl ProducerContext for DeliveryContext {
                         .observe(delivery.consumed_at.elapsed().as_secs_f64());
                     m.transactions.with_label_values(&[outcome]).inc();
                 }
-                self.shared
-                    .offsets()
-                    .acknowledged(delivery.partition, delivery.offset);
+                self.shared.offsets().acknowledged(
+                    delivery.partition,
+                    delivery.offset,
+                    delivery.epoch,
+                );
             }
             Err((error, msg)) => {
                 let failed = Failed {

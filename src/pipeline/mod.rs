@@ -368,20 +368,21 @@ impl Worker {
     fn take(&mut self, msg: &BorrowedMessage<'_>, stop: &AtomicBool) -> Result<(), PipelineError> {
         let (partition, offset) = (msg.partition(), msg.offset());
         let consumed_at = Instant::now();
-        self.shared.offsets().consumed(partition, offset);
+        let epoch = self.shared.offsets().consumed(partition, offset);
         let value = msg.payload().unwrap_or_default();
         match self.engine.prepare(partition, offset, msg.key(), value) {
             Ok(prepared) => {
                 let source = Source {
                     partition,
                     offset,
+                    epoch,
                     headers: msg.headers().map(|h| h.detach()),
                     consumed_at,
                 };
                 self.batch.push(prepared, source);
                 Ok(())
             }
-            Err(rejection) => self.dead_letter(msg, &rejection, consumed_at, stop),
+            Err(rejection) => self.dead_letter(msg, epoch, &rejection, consumed_at, stop),
         }
     }
 
@@ -389,6 +390,7 @@ impl Worker {
     fn dead_letter(
         &self,
         msg: &BorrowedMessage<'_>,
+        epoch: fraudscore_contract::Epoch,
         rejection: &Rejection,
         consumed_at: Instant,
         stop: &AtomicBool,
@@ -410,6 +412,7 @@ impl Worker {
         let delivery = Delivery {
             partition: source.partition,
             offset: source.offset,
+            epoch,
             consumed_at,
             outcome: Outcome::DeadLettered,
         };
@@ -460,6 +463,7 @@ impl Worker {
             let delivery = Delivery {
                 partition: source.partition,
                 offset: source.offset,
+                epoch: source.epoch,
                 consumed_at: source.consumed_at,
                 outcome: Outcome::Scored,
             };
@@ -569,7 +573,10 @@ impl Worker {
         warn!(partition = source.partition, offset = source.offset, %error, "output refused by the producer; dead-lettering it truncated");
         let reason = RejectReason::Oversized.code();
         let m = &self.shared.metrics;
-        m.dlq.with_label_values(&[reason]).inc();
+        // A shadow record dead-lettered is an output cut short, not a transaction dead-lettered.
+        if delivery.outcome != Outcome::Shadow {
+            m.dlq.with_label_values(&[reason]).inc();
+        }
         m.outputs_truncated.inc();
         let headers = self.dlq_headers(OwnedHeaders::new(), reason, why, source);
         let record = Record {
@@ -624,7 +631,11 @@ impl Worker {
         let failed: Vec<_> = self.output.failed().collect();
         for f in failed {
             let d = f.delivery;
-            if !self.shared.offsets().is_in_flight(d.partition, d.offset) {
+            if !self
+                .shared
+                .offsets()
+                .is_in_flight(d.partition, d.offset, d.epoch)
+            {
                 continue;
             }
             match classify(&f.error) {

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 pub mod offsets;
 
-pub use offsets::OffsetTracker;
+pub use offsets::{Epoch, OffsetTracker};
 
 /// Longest accepted id, in bytes: ids are stored per event and echoed in every output.
 pub const MAX_ID_BYTES: usize = 128;

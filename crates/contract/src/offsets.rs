@@ -20,18 +20,30 @@ impl PartitionOffsets {
     }
 }
 
+/// Which holding of a partition a message was consumed in: a partition revoked and assigned again
+/// is a new one, and an acknowledgement of an output from an earlier one counts for nothing.
+pub type Epoch = u64;
+
 /// Per-partition bookkeeping of consumed and acknowledged offsets.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     partitions: HashMap<i32, PartitionOffsets>,
+    /// Per partition, how many times it was forgotten: kept across [`forget`](Self::forget).
+    epochs: HashMap<i32, Epoch>,
 }
 
 impl OffsetTracker {
-    /// A message was consumed; its output is on the way.
-    pub fn consumed(&mut self, partition: i32, offset: i64) {
+    /// A message was consumed; its output is on the way. Its acknowledgement must name the
+    /// epoch returned.
+    pub fn consumed(&mut self, partition: i32, offset: i64) -> Epoch {
         let p = self.partitions.entry(partition).or_default();
         p.in_flight.insert(offset, 1);
         p.next = p.next.max(offset + 1);
+        self.epoch(partition)
+    }
+
+    fn epoch(&self, partition: i32) -> Epoch {
+        self.epochs.get(&partition).copied().unwrap_or_default()
     }
 
     /// One more output of this consumed message is on the way: it is committed only once every
@@ -46,8 +58,11 @@ impl OffsetTracker {
         }
     }
 
-    /// The broker acknowledged one output of this message.
-    pub fn acknowledged(&mut self, partition: i32, offset: i64) {
+    /// The broker acknowledged one output of this message, consumed in `epoch`.
+    pub fn acknowledged(&mut self, partition: i32, offset: i64, epoch: Epoch) {
+        if epoch != self.epoch(partition) {
+            return;
+        }
         let Some(p) = self.partitions.get_mut(&partition) else {
             return;
         };
@@ -122,18 +137,22 @@ impl OffsetTracker {
         }
     }
 
-    /// This message was consumed here and its output is not acknowledged yet (false once its
-    /// partition is forgotten).
-    pub fn is_in_flight(&self, partition: i32, offset: i64) -> bool {
-        self.partitions
-            .get(&partition)
-            .is_some_and(|p| p.in_flight.contains_key(&offset))
+    /// This message was consumed here in `epoch` and its outputs are not all acknowledged yet
+    /// (false once its partition is forgotten).
+    pub fn is_in_flight(&self, partition: i32, offset: i64, epoch: Epoch) -> bool {
+        epoch == self.epoch(partition)
+            && self
+                .partitions
+                .get(&partition)
+                .is_some_and(|p| p.in_flight.contains_key(&offset))
     }
 
-    /// The partition was revoked: nothing of it may be committed by this instance any more.
+    /// The partition was revoked: nothing of it may be committed by this instance any more, and
+    /// what is still acknowledged of it counts for nothing.
     pub fn forget(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.partitions.remove(p);
+            *self.epochs.entry(*p).or_default() += 1;
         }
     }
 
@@ -160,14 +179,14 @@ mod tests {
         }
         t.consumed(1, 3);
         assert_eq!(t.to_commit(), [(0, 10), (1, 3)]);
-        t.acknowledged(0, 11);
-        t.acknowledged(0, 12);
+        t.acknowledged(0, 11, 0);
+        t.acknowledged(0, 12, 0);
         assert_eq!(t.to_commit(), []);
-        t.acknowledged(0, 10);
+        t.acknowledged(0, 10, 0);
         assert_eq!(t.to_commit(), [(0, 13)]);
-        t.acknowledged(0, 13);
-        t.acknowledged(0, 14);
-        t.acknowledged(1, 3);
+        t.acknowledged(0, 13, 0);
+        t.acknowledged(0, 14, 0);
+        t.acknowledged(1, 3, 0);
         assert_eq!(t.to_commit(), [(0, 15), (1, 4)]);
         assert_eq!(t.in_flight(), 0);
         assert_eq!(t.consumed_positions(&[0, 1, 9]), [(0, 15), (1, 4)]);
@@ -182,7 +201,7 @@ mod tests {
         assert_eq!(t.to_commit(), [(1, 4)]);
         assert_eq!(t.to_commit(), []);
         // An acknowledgement for a partition never seen is ignored.
-        t.acknowledged(7, 1);
+        t.acknowledged(7, 1, 0);
         assert_eq!(t.to_commit(), []);
         t.forget(&[0]);
         assert_eq!(t.positions(&[0, 1]), [(1, 4)]);
@@ -195,16 +214,38 @@ mod tests {
         t.also(0, 0);
         t.consumed(0, 1);
         assert_eq!(t.in_flight(), 3);
-        t.acknowledged(0, 0);
-        t.acknowledged(0, 1);
-        assert!(t.is_in_flight(0, 0));
+        t.acknowledged(0, 0, 0);
+        t.acknowledged(0, 1, 0);
+        assert!(t.is_in_flight(0, 0, 0));
         assert_eq!(t.to_commit(), []);
-        t.acknowledged(0, 0);
+        t.acknowledged(0, 0, 0);
         assert_eq!(t.to_commit(), [(0, 2)]);
         assert_eq!(t.in_flight(), 0);
         // Too many acknowledgements (a re-delivered callback) never go below none.
-        t.acknowledged(0, 0);
+        t.acknowledged(0, 0, 0);
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_acknowledgement_from_before_a_revocation_counts_for_nothing() {
+        let mut t = OffsetTracker::default();
+        let before = t.consumed(0, 5);
+        t.also(0, 5);
+        // Revoked while both outputs were queued, and handed straight back: offset 5 is read again.
+        t.forget(&[0]);
+        let now = t.consumed(0, 5);
+        t.also(0, 5);
+        assert_ne!(before, now);
+        // The first round's outputs are acknowledged late: they stand for nothing now.
+        t.acknowledged(0, 5, before);
+        t.acknowledged(0, 5, before);
+        assert!(!t.is_in_flight(0, 5, before));
+        assert!(t.is_in_flight(0, 5, now));
+        assert_eq!(t.to_commit(), [(0, 5)]);
+        t.acknowledged(0, 5, now);
+        assert_eq!(t.to_commit(), []);
+        t.acknowledged(0, 5, now);
+        assert_eq!(t.to_commit(), [(0, 6)]);
     }
 
     proptest! {
@@ -218,7 +259,7 @@ mod tests {
             }
             let mut acked = std::collections::BTreeSet::new();
             for o in order {
-                t.acknowledged(2, o);
+                t.acknowledged(2, o, 0);
                 acked.insert(o);
                 for (_, pos) in t.to_commit() {
                     prop_assert!((0..pos).all(|x| acked.contains(&x)));

@@ -16,7 +16,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::{self, ClientSettings, LoggingContext};
-use fraudscore_contract::OffsetTracker;
+use fraudscore_contract::{Epoch, OffsetTracker};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct PassthroughArgs {
@@ -68,6 +68,7 @@ pub struct PassthroughStats {
 struct Source {
     partition: i32,
     offset: i64,
+    epoch: Epoch,
 }
 
 /// Collects acknowledgements; the delivery callback runs inside `producer.poll`, on the
@@ -159,9 +160,11 @@ pub fn execute(
             None => None,
         };
         if let Some(message) = polled {
+            let (partition, offset) = (message.partition(), message.offset());
             let source = Source {
-                partition: message.partition(),
-                offset: message.offset(),
+                partition,
+                offset,
+                epoch: progress.consumed(partition, offset),
             };
             let headers = message.headers().map(|headers| {
                 headers.iter().fold(
@@ -185,7 +188,6 @@ pub fn execute(
             if let Some(headers) = headers {
                 record = record.headers(headers);
             }
-            progress.consumed(source.partition, source.offset);
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -262,7 +264,7 @@ fn drain_acks(producer: &BaseProducer<Acks>, progress: &mut OffsetTracker) -> u6
             .unwrap_or_else(PoisonError::into_inner),
     );
     for source in &acks {
-        progress.acknowledged(source.partition, source.offset);
+        progress.acknowledged(source.partition, source.offset, source.epoch);
     }
     acks.len() as u64
 }

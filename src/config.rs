@@ -509,6 +509,26 @@ impl Config {
         if self.kafka.shadow_topic.is_some() && m.shadow.is_none() {
             return Err("kafka.shadow_topic is set without model.shadow: no shadow to send".into());
         }
+        // One topic in two roles would feed outputs back in as input, or mix record kinds.
+        let k = &self.kafka;
+        let topics = [
+            ("kafka.input_topic", Some(&k.input_topic)),
+            ("kafka.output_topic", Some(&k.output_topic)),
+            ("kafka.dlq_topic", Some(&k.dlq_topic)),
+            ("kafka.shadow_topic", k.shadow_topic.as_ref()),
+            ("labels.topic", Some(&self.labels.topic)),
+        ];
+        for (i, (a, x)) in topics.iter().enumerate() {
+            for (b, y) in &topics[i + 1..] {
+                if let (Some(x), Some(y)) = (x, y) {
+                    if x == y {
+                        return Err(format!(
+                            "{a} and {b} are both \"{x}\": each needs its own topic"
+                        ));
+                    }
+                }
+            }
+        }
         // Against the model's own thresholds the pair is checked again once the model is loaded.
         let (review, decline) = (m.review_threshold, m.decline_threshold);
         if let Err(e) = Thresholds::new(review.unwrap_or(0.0), decline.unwrap_or(1.0)) {
@@ -630,6 +650,29 @@ mod tests {
             let err = cap(refused).unwrap_err().to_string();
             assert!(err.contains("max_events_per_customer"), "{err}");
         }
+    }
+
+    #[test]
+    fn every_topic_has_one_role() {
+        let set = |pairs: &[(&str, &str)]| Config::parse(&shipped(), "f.toml", env(pairs));
+        let err = set(&[("FRAUDSCORE__KAFKA__OUTPUT_TOPIC", "transactions")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("kafka.input_topic and kafka.output_topic"),
+            "{err}"
+        );
+        let err = set(&[
+            ("FRAUDSCORE__MODEL__SHADOW", "candidate.onnx"),
+            ("FRAUDSCORE__KAFKA__SHADOW_TOPIC", "transactions-dlq"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("kafka.dlq_topic and kafka.shadow_topic"),
+            "{err}"
+        );
+        assert!(set(&[]).is_ok());
     }
 
     #[test]

@@ -299,6 +299,7 @@ mod tests {
             terminals: Arc::new(crate::terminals::Terminals::new(0)),
             labels_loading: Default::default(),
             served: Served::new(Arc::new(FeatureSpec::for_model::<&str>(&[]).unwrap())),
+            departure: crate::shared::Departure::new(1),
         };
         Lanes::new(vec![Shared::new(&common, Arc::new(Store::default()))])
     }

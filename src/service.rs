@@ -104,6 +104,7 @@ impl Service {
             terminals: terminals.clone(),
             labels_loading: Arc::new(AtomicBool::new(false)),
             served: Served::new(spec.clone()),
+            departure: crate::shared::Departure::new(threads),
         };
         let metrics = common.metrics.clone();
         let lanes: Vec<Arc<Shared>> = (0..threads)

@@ -2,7 +2,8 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use fraudscore_contract::OffsetTracker;
 
@@ -106,6 +107,8 @@ pub struct Shared {
     /// Written by the pipeline thread (consumed), the delivery callback (acknowledged) and the
     /// rebalance and commit callbacks (forget, commit failed); read when committing.
     offsets: Mutex<OffsetTracker>,
+    /// Shared by the instance's pipelines, which leave the group together.
+    pub departure: Arc<Departure>,
 }
 
 impl Shared {
@@ -121,6 +124,7 @@ impl Shared {
             },
             served: common.served.clone(),
             offsets: Mutex::default(),
+            departure: common.departure.clone(),
         })
     }
 
@@ -138,6 +142,45 @@ pub struct Common {
     /// Set while the labels topic is read up to where it ended at start.
     pub labels_loading: Arc<AtomicBool>,
     pub served: Arc<Served>,
+    pub departure: Arc<Departure>,
+}
+
+/// The pipelines of one instance leave the consumer group together: the first to leave starts a
+/// rebalance, which fails the last commits of those still making them, and their partitions'
+/// next owners would re-score what they had acknowledged.
+pub struct Departure {
+    pipelines: usize,
+    ready: Mutex<usize>,
+    all_ready: Condvar,
+}
+
+impl Departure {
+    pub fn new(pipelines: usize) -> Arc<Departure> {
+        Arc::new(Departure {
+            pipelines,
+            ready: Mutex::new(0),
+            all_ready: Condvar::new(),
+        })
+    }
+
+    /// This pipeline made its last commit: waits until every one has, or `limit` passed (one
+    /// that panicked never will).
+    pub fn ready_and_wait(&self, limit: Duration) {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        *ready += 1;
+        self.all_ready.notify_all();
+        let deadline = Instant::now() + limit;
+        while *ready < self.pipelines {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            ready = match self.all_ready.wait_timeout(ready, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
 }
 
 /// The feature spec the engines compute, as the model in use (and its shadow and rules) need.
@@ -258,5 +301,33 @@ impl Lanes {
                 .set(lane.health.held().len() as i64);
         }
         m.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipelines_leave_together_or_after_the_limit() {
+        let departure = Departure::new(2);
+        let first = {
+            let d = departure.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                d.ready_and_wait(Duration::from_secs(30));
+                started.elapsed()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!first.is_finished(), "the first waits for the second");
+        departure.ready_and_wait(Duration::from_secs(30));
+        let waited = first.join().unwrap();
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        // One that never comes is waited for only up to the limit.
+        let alone = Departure::new(2);
+        let started = Instant::now();
+        alone.ready_and_wait(Duration::from_millis(200));
+        assert!(started.elapsed() >= Duration::from_millis(200));
     }
 }

@@ -715,6 +715,8 @@ impl Worker {
         if let Some(snapshots) = self.snapshots.take() {
             snapshots.finish();
         }
+        // Dropping the consumer leaves the group: not before the other pipelines have committed.
+        self.shared.departure.ready_and_wait(FLUSH_TIMEOUT);
         info!("stopped");
     }
 }

@@ -715,8 +715,14 @@ impl Worker {
         if let Some(snapshots) = self.snapshots.take() {
             snapshots.finish();
         }
-        // Dropping the consumer leaves the group: not before the other pipelines have committed.
-        self.shared.departure.ready_and_wait(FLUSH_TIMEOUT);
+        // Dropping the consumer leaves the group: on a stop, not before the other pipelines have
+        // committed. A pipeline failing on its own leaves at once, so that the service stops.
+        let wait = if stop.load(Ordering::Relaxed) {
+            FLUSH_TIMEOUT
+        } else {
+            Duration::ZERO
+        };
+        self.shared.departure.ready_and_wait(wait);
         info!("stopped");
     }
 }

@@ -43,7 +43,8 @@ fn stats_by_history(c: &mut Criterion) {
 }
 
 /// The shipped model's terminal windows (1, 7 and 30 days, 7 days delayed) at a terminal whose
-/// labels, one per transaction, were each known a day after it, spread over 37 days.
+/// labels, one per transaction spread over 37 days, were each known a day after it, or a tenth
+/// of them only ten days after (later than the windows' delay: those are read one by one).
 fn terminal_stats_by_labels(c: &mut Criterion) {
     let delay = WindowLen::parse("7d").expect("delay");
     let windows: Vec<DelayedWindow> = ["1d", "7d", "30d"]
@@ -54,22 +55,32 @@ fn terminal_stats_by_labels(c: &mut Criterion) {
         })
         .collect();
     let mut g = c.benchmark_group("terminal_stats");
-    for held in [10i64, 1_000, 30_000] {
-        let terminals = Terminals::new(40 * DAY);
+    for (held, late_every) in [(10i64, 0), (1_000, 0), (30_000, 0), (30_000, 10)] {
+        let terminals = Terminals::new(40 * DAY, &windows);
         for i in 0..held {
             let at = T0 + i * (37 * DAY / held);
+            let lag = if late_every > 0 && i % late_every == 0 {
+                10 * DAY
+            } else {
+                DAY
+            };
             terminals.add(&Label {
-                transaction_id: format!("tx-{i}"),
+                transaction_id: format!("tx-{i}").into(),
                 customer_id: CustomerId::new(format!("c-{}", i % 100)),
                 terminal_id: "t-1".into(),
                 timestamp: EventTime::checked(at).expect("time"),
                 fraud: i % 50 == 0,
-                labelled_at: EventTime::checked(at + DAY).expect("time"),
+                labelled_at: EventTime::checked(at + lag).expect("time"),
             });
         }
         let now = EventTime::checked(T0 + 37 * DAY).expect("time");
         let mut out = Vec::new();
-        g.bench_function(format!("three_windows_{held}_labels"), |b| {
+        let late = if late_every > 0 {
+            format!("_1_in_{late_every}_late")
+        } else {
+            String::new()
+        };
+        g.bench_function(format!("three_windows_{held}_labels{late}"), |b| {
             b.iter(|| {
                 terminals.stats("t-1", black_box(now), &windows, &mut out);
                 black_box(out[2].risk())

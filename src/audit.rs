@@ -103,7 +103,7 @@ pub fn run(opts: &AuditOptions) -> Result<AuditReport, AuditError> {
     let spec = crate::scorer::served(&model, shadow.as_ref(), rules.as_ref())?;
     let engine_config = config.engine.engine_config(partitions != 1);
     // Labels count from their labelled_at on, so all can be known up front, kept however old.
-    let terminals = Arc::new(Terminals::new(i64::MAX / 4));
+    let terminals = Arc::new(Terminals::new(i64::MAX / 4, spec.terminal_windows()));
     if !spec.terminal_windows().is_empty() {
         let (labels, _) = read_to_end(config, &config.labels.topic)?;
         let labels = labels
@@ -140,7 +140,7 @@ pub fn run(opts: &AuditOptions) -> Result<AuditReport, AuditError> {
             serde_json::to_value(engine.spec().named(&prepared.features)).unwrap_or(Value::Null);
         let t = prepared.transaction;
         reference
-            .entry(t.transaction_id)
+            .entry(t.transaction_id.into_string())
             .or_insert((features, t.timestamp.millis()));
     }
 

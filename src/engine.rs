@@ -100,7 +100,7 @@ impl Engine {
             require_key: config.require_key,
             store,
             stats: Vec::new(),
-            terminals: Arc::new(Terminals::new(0)),
+            terminals: Arc::new(Terminals::new(0, &[])),
             terminal_stats: Vec::new(),
             applied: HashMap::new(),
         }

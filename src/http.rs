@@ -296,7 +296,7 @@ mod tests {
     fn shared() -> Arc<Lanes> {
         let common = Common {
             metrics: Metrics::new(),
-            terminals: Arc::new(crate::terminals::Terminals::new(0)),
+            terminals: Arc::new(crate::terminals::Terminals::new(0, &[])),
             labels_loading: Default::default(),
             served: Served::new(Arc::new(FeatureSpec::for_model::<&str>(&[]).unwrap())),
             departure: crate::shared::Departure::new(1),

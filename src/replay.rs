@@ -99,7 +99,10 @@ pub fn run(opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
         allowed_lateness: opts.allowed_lateness,
         ..EngineConfig::default()
     };
-    let terminals = Arc::new(Terminals::new(config.terminal_span_ms(&spec)));
+    let terminals = Arc::new(Terminals::new(
+        config.terminal_span_ms(&spec),
+        spec.terminal_windows(),
+    ));
     let mut engine = Engine::new(spec, &config, Arc::new(Store::with_seed(REPLAY_SEED)))
         .with_terminals(terminals.clone());
     let open = |p: &Path| {

@@ -98,7 +98,10 @@ impl Service {
             std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
         };
         let engine_config = config.engine.engine_config(true);
-        let terminals = Arc::new(Terminals::new(engine_config.terminal_span_ms(&spec)));
+        let terminals = Arc::new(Terminals::new(
+            engine_config.terminal_span_ms(&spec),
+            spec.terminal_windows(),
+        ));
         let common = Common {
             metrics: Metrics::new(),
             terminals: terminals.clone(),

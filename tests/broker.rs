@@ -549,7 +549,7 @@ fn every_transaction_is_scored_with_the_engines_features_and_metrics_and_lookups
         .map(|(key, value)| {
             let p = engine.prepare(0, 0, Some(key.as_bytes()), value).unwrap();
             let features = serde_json::to_value(engine.spec().named(&p.features)).unwrap();
-            (p.transaction.transaction_id, features)
+            (p.transaction.transaction_id.into_string(), features)
         })
         .collect();
     for o in &scored {

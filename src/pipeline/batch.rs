@@ -97,7 +97,7 @@ mod tests {
         let at = EventTime::checked(1_795_000_000_000i64).unwrap();
         let prepared = Prepared {
             transaction: Transaction {
-                transaction_id: format!("{partition}-{offset}"),
+                transaction_id: format!("{partition}-{offset}").into(),
                 customer_id: CustomerId::new("c"),
                 terminal_id: None,
                 amount: 1.0,
@@ -135,7 +135,7 @@ mod tests {
                     p.transaction.transaction_id,
                     format!("{}-{}", s.partition, s.offset)
                 );
-                p.transaction.transaction_id
+                p.transaction.transaction_id.into_string()
             })
             .collect()
     }

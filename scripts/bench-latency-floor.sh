@@ -22,12 +22,6 @@ mkdir -p "$OUT"
 TAG=$(date +%s)
 
 suffix() { echo "-$1-${2/\//x}-$TAG"; }
-suffixes=()
-for s in $SETTINGS; do
-  for sut in passthrough service; do suffixes+=("$(suffix $sut $s)"); done
-done
-start_broker "$OUT/broker" "${suffixes[@]}"
-
 for s in $SETTINGS; do
   linger=${s%/*}; fetch=${s#*/}
   for sut in passthrough service; do
@@ -37,6 +31,7 @@ for s in $SETTINGS; do
       cmd=$(service_sut FRAUDSCORE__KAFKA__PRODUCER__LINGER_MS="$linger" \
         FRAUDSCORE__KAFKA__CONSUMER__FETCH_WAIT_MAX_MS="$fetch" FRAUDSCORE__STATE__SNAPSHOT_INTERVAL=0s)
     fi
+    start_broker "$OUT/broker"
     "$LG" run --brokers "$BROKERS" --rate "$RATE" --duration "$DURATION" --customers "$CUSTOMERS" \
       --topic-suffix="$(suffix $sut $s)" "${CREATE[@]}" --bad-ratio 0 --warmup 2s \
       --linger-ms "$linger" -X "fetch.wait.max.ms=$fetch" \

@@ -26,14 +26,11 @@ for rate in $RATES; do
   for t in $ORDER; do runs+=("$rate/$t/$i"); i=$((i + 1)); done
 done
 suffix() { echo "-p${1//\//-}-$TAG"; }
-suffixes=()
-for r in "${runs[@]}"; do suffixes+=("$(suffix "$r")"); done
-start_broker "$OUT/broker" "${suffixes[@]}"
-
 for r in "${runs[@]}"; do
   rate=${r%%/*}; rest=${r#*/}; threads=${rest%%/*}
   name="rate$rate-threads$threads-${r##*/}"
   cmd=$(service_sut FRAUDSCORE__PIPELINE__THREADS="$threads" FRAUDSCORE__STATE__SNAPSHOT_INTERVAL=0s)
+  start_broker "$OUT/broker"
   "$LG" run --brokers "$BROKERS" --rate "$rate" --duration "$DURATION" --customers "$CUSTOMERS" \
     --topic-suffix="$(suffix "$r")" "${CREATE[@]}" --bad-ratio 0 --warmup 2s \
     --sut-cmd "$cmd" --report "$OUT/$name" > "$OUT/$name.txt" 2>&1 || echo "$name: exit $?" >&2

@@ -14,7 +14,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -108,6 +108,9 @@ pub fn create_topics(
 ) -> KafkaResult<()> {
     let admin: AdminClient<DefaultClientContext> = settings.admin().create()?;
     let topics = distinct(topics);
+    if is_mock_cluster(&admin, timeout) {
+        return create_by_asking(settings, &topics, partitions, timeout);
+    }
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
@@ -118,6 +121,42 @@ pub fn create_topics(
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(())
+}
+
+/// Whether the brokers are librdkafka's mock cluster (`loadgen broker --mock`), which has no
+/// admin API: it never answers a request to create or delete topics.
+fn is_mock_cluster(admin: &AdminClient<DefaultClientContext>, timeout: Duration) -> bool {
+    admin
+        .inner()
+        .fetch_cluster_id(timeout)
+        .is_some_and(|id| id.starts_with("mockCluster"))
+}
+
+/// Creates topics on the mock cluster, which makes a topic (with its default partition count)
+/// when a client that may create topics asks for its metadata.
+fn create_by_asking(
+    settings: &ClientSettings,
+    topics: &[&str],
+    partitions: i32,
+    timeout: Duration,
+) -> KafkaResult<()> {
+    let mut config = settings.admin();
+    config.set("allow.auto.create.topics", "true");
+    let producer: BaseProducer = config.create()?;
+    for topic in topics {
+        let metadata = producer.client().fetch_metadata(Some(topic), timeout)?;
+        let made = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == *topic)
+            .map_or(0, |t| t.partitions().len());
+        if made != partitions as usize {
+            eprintln!(
+                "loadgen: the mock cluster made {topic} with {made} partitions, not {partitions}: it has no admin API to ask for more"
+            );
         }
     }
     Ok(())
@@ -141,6 +180,10 @@ pub fn delete_topics(
     timeout: Duration,
 ) -> KafkaResult<()> {
     let admin: AdminClient<DefaultClientContext> = settings.admin().create()?;
+    if is_mock_cluster(&admin, timeout) {
+        // It cannot delete them: they go when it stops.
+        return Ok(());
+    }
     let options = AdminOptions::new().operation_timeout(Some(timeout));
     for result in block_on(admin.delete_topics(&distinct(topics), &options))? {
         if let Err((_, code)) = result {
@@ -326,6 +369,30 @@ mod tests {
         );
         assert_eq!(settings.consumer("g").get("fetch.wait.max.ms"), Some("5"));
         assert_eq!(settings.consumer("g").get("group.id"), Some("g"));
+    }
+
+    /// The mock cluster never answers CreateTopics: a run or a capacity step with fresh topics
+    /// timed out on it before topics were made by asking for their metadata.
+    #[test]
+    fn topics_are_made_and_dropped_on_the_mock_cluster() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        let settings = ClientSettings {
+            brokers: cluster.bootstrap_servers(),
+            properties: vec![],
+        };
+        let timeout = Duration::from_secs(5);
+        create_topics(&settings, &["fresh-a", "fresh-b", "fresh-a"], 4, timeout)
+            .expect("topics made");
+        let admin: AdminClient<DefaultClientContext> = settings.admin().create().expect("admin");
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, timeout)
+            .expect("metadata");
+        for name in ["fresh-a", "fresh-b"] {
+            let topic = metadata.topics().iter().find(|t| t.name() == name);
+            assert_eq!(topic.map(|t| t.partitions().len()), Some(4), "{name}");
+        }
+        delete_topics(&settings, &["fresh-a"], timeout).expect("nothing to do, not an error");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Engine benchmarks on a 1,000,000-customer population: decode + windows + features, and the whole
 //! path with ONNX scoring and output encoding at batch 1 and the default batch (with reason codes
-//! for reviews and declines, for none and for all), and one row's reason codes alone.
+//! for reviews and declines, for none and for all), one row's reason codes alone, and ONNX
+//! inference alone on the population's rows and on synthetic ones.
 //!
 //! `cargo bench --bench engine`; `BENCH_WARM_DAYS` (default 7) sets how much history is loaded first.
 
@@ -95,6 +96,27 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.throughput(Throughput::Elements(64));
+    // Rows of the population, as the service scores them: a tree ensemble's branches on real
+    // rows are not the repeating pattern of the synthetic rows below, which the branch
+    // predictor learns.
+    g.bench_function("inference_only_batch_64_population_rows", |b| {
+        let spec = scorer.model().spec().clone();
+        let mut rows = Vec::new();
+        for _ in 0..64 * 64 {
+            if let Some(p) = one.prepare() {
+                spec.model_row(&p.features, &mut rows);
+            }
+        }
+        let batch = 64 * spec.model_width();
+        let batches = rows.len() / batch;
+        let (mut scores, mut m, mut i) = (Vec::new(), model(), 0);
+        b.iter(|| {
+            i = (i + 1) % batches;
+            m.score(&rows[i * batch..(i + 1) * batch], &mut scores)
+                .expect("inference");
+            black_box(scores.len())
+        })
+    });
     g.bench_function("inference_only_batch_64", |b| {
         let rows: Vec<f32> = (0..64 * scorer.model().spec().model_width())
             .map(|i| (i % 17) as f32)

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use fraudscore::engine::{Engine, EngineConfig};
 use fraudscore::model::Model;
 use fraudscore::store::Store;
@@ -1527,13 +1529,16 @@ fn a_shadow_topic_gets_the_shadow_verdicts_and_the_inputs_are_committed() {
         assert_eq!(v["shadow_decision"], expected, "{v}");
     }
     assert_eq!(ids, wanted, "a shadow record for every transaction");
-    let ends = input_ends(&brokers, &names);
     let start = Instant::now();
-    while committed(&brokers, &names) != ends.iter().copied().map(Some).collect::<Vec<_>>() {
+    loop {
+        let (committed, ends) =
+            common::committed_and_ends(&brokers, &names.group, &names.input, PARTITIONS);
+        if committed == ends {
+            break;
+        }
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "commits never reached the ends {ends:?}: {:?}",
-            committed(&brokers, &names)
+            "commits never reached the ends {ends:?}: {committed:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -1542,47 +1547,6 @@ fn a_shadow_topic_gets_the_shadow_verdicts_and_the_inputs_are_committed() {
         service.metric("fraudscore_transactions_total{outcome=\"scored\"}"),
         input.len() as f64
     );
-}
-
-/// The service group's committed offset of each input partition.
-fn committed(brokers: &str, names: &Names) -> Vec<Option<i64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", &names.group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(&names.input, p);
-    }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
-    std::thread::spawn(move || drop(consumer));
-    (0..PARTITIONS)
-        .map(
-            |p| match committed.find_partition(&names.input, p)?.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            },
-        )
-        .collect()
-}
-
-/// Each input partition's end.
-fn input_ends(brokers: &str, names: &Names) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    (0..PARTITIONS)
-        .map(|p| {
-            let (_, high) = consumer
-                .fetch_watermarks(&names.input, p, Duration::from_secs(10))
-                .unwrap();
-            high
-        })
-        .collect()
 }
 
 /// `rules.file` on a running service: outputs name the rules that fired and take their

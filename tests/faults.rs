@@ -11,6 +11,8 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod common;
+
 use fraudscore::config::Config;
 use fraudscore::service::{Service, ServiceError};
 use fraudscore::shared::Lanes;
@@ -357,42 +359,6 @@ impl Reader {
     }
 }
 
-/// The group's committed positions and the end offsets of the input, per partition.
-fn committed_and_ends(brokers: &str, partitions: i32) -> (Vec<i64>, Vec<i64>) {
-    // A consumer of the service's group that only asks for the group's offsets; it never joins.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", GROUP)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("offsets consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(INPUT, p);
-    }
-    let timeout = Duration::from_secs(10);
-    let committed = consumer
-        .committed_offsets(tpl, timeout)
-        .expect("committed offsets");
-    let positions = (0..partitions)
-        .map(
-            |p| match committed.find_partition(INPUT, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => -1,
-            },
-        )
-        .collect();
-    let ends = (0..partitions)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(INPUT, p, timeout)
-                .expect("watermarks")
-                .1
-        })
-        .collect();
-    (positions, ends)
-}
-
 /// The value of an unlabelled metric in the Prometheus text.
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -436,7 +402,7 @@ fn an_input_whose_shadow_record_is_not_acknowledged_stays_uncommitted() {
     );
     // Ten commit intervals and more.
     std::thread::sleep(Duration::from_secs(1));
-    let (committed, ends) = committed_and_ends(&brokers, 1);
+    let (committed, ends) = common::committed_and_ends(&brokers, GROUP, INPUT, 1);
     assert_eq!(
         committed,
         [-1],
@@ -454,10 +420,14 @@ fn an_input_whose_shadow_record_is_not_acknowledged_stays_uncommitted() {
         shadowed.distinct_ids()
     );
     let caught_up = wait_until(Duration::from_secs(30), || {
-        let (committed, ends) = committed_and_ends(&brokers, 1);
+        let (committed, ends) = common::committed_and_ends(&brokers, GROUP, INPUT, 1);
         committed == ends
     });
-    assert!(caught_up, "{:?}", committed_and_ends(&brokers, 1));
+    assert!(
+        caught_up,
+        "{:?}",
+        common::committed_and_ends(&brokers, GROUP, INPUT, 1)
+    );
     let (stopped, _) = service.stop_within(Duration::from_secs(30));
     stopped.expect("clean stop");
 }
@@ -516,7 +486,7 @@ fn an_output_the_producer_refuses_is_dead_lettered_truncated_and_the_partition_k
     let metrics = service.lanes().render_metrics();
     let (stopped, stop_took) = service.stop_within(Duration::from_secs(30));
     let seen = reader.finish(Duration::from_millis(500), Duration::from_secs(5));
-    let (committed, ends) = committed_and_ends(&brokers, 1);
+    let (committed, ends) = common::committed_and_ends(&brokers, GROUP, INPUT, 1);
 
     let scored: Vec<&Out> = seen.iter().filter(|o| o.topic == SCORED).collect();
     let dlq: Vec<&Out> = seen.iter().filter(|o| o.topic == DLQ).collect();
@@ -753,7 +723,7 @@ fn rebalance_under_load(protocol: Protocol) {
     let (b_stopped, b_stop_took) = b.stop_within(Duration::from_secs(30));
     sender.join().expect("sender");
     let outputs = reader.finish(Duration::from_secs(2), Duration::from_secs(15));
-    let (committed, ends) = committed_and_ends(&brokers, PARTITIONS);
+    let (committed, ends) = common::committed_and_ends(&brokers, GROUP, INPUT, PARTITIONS);
 
     // What came out, per transaction id, over both topics.
     let mut count: HashMap<String, u32> = HashMap::new();
@@ -910,7 +880,7 @@ fn a_fatal_producer_error_stops_the_service_with_an_error_committing_nothing_und
         ),
         "{result:?}"
     );
-    let (committed, ends) = committed_and_ends(&brokers, 1);
+    let (committed, ends) = common::committed_and_ends(&brokers, GROUP, INPUT, 1);
     assert_eq!(ends, [1]);
     assert!(
         committed[0] < 1,

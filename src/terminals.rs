@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use compact_str::CompactString;
 use dashmap::DashMap;
 
 use crate::decode::Label;
@@ -116,6 +117,11 @@ struct Counts {
     fraud: u32,
 }
 
+/// The running counts before label `pos`.
+fn counts_before(running: &[Counts], pos: usize) -> Counts {
+    pos.checked_sub(1).map_or(Counts::default(), |p| running[p])
+}
+
 /// One terminal's labels. A window's prompt labels (see [`Labelled::prompt`]) are counted as a
 /// difference of running counts, for a terminal with thousands of labels as for one with a few;
 /// only the labels learned later than the window's delay are read one by one.
@@ -135,9 +141,7 @@ impl Held {
         self.running.resize_with(delays.len(), Vec::new);
         self.late.resize_with(delays.len(), Vec::new);
         for ((running, late), &delay) in self.running.iter_mut().zip(&mut self.late).zip(delays) {
-            let mut c = from
-                .checked_sub(1)
-                .map_or(Counts::default(), |p| running[p]);
+            let mut c = counts_before(running, from);
             // The labels before `from` that are not prompt stay listed.
             late.truncate(from - c.labelled as usize);
             running.truncate(from);
@@ -158,10 +162,7 @@ impl Held {
         let start = self.labels.partition_point(|l| l.at <= lo);
         let end = start + self.labels[start..].partition_point(|l| l.at <= hi);
         let running = &self.running[k];
-        let before = start
-            .checked_sub(1)
-            .map_or(Counts::default(), |p| running[p]);
-        let upto = end.checked_sub(1).map_or(Counts::default(), |p| running[p]);
+        let (before, upto) = (counts_before(running, start), counts_before(running, end));
         let mut s = known_in(&self.late[k], lo, hi, t);
         s.labelled += upto.labelled - before.labelled;
         s.fraud += upto.fraud - before.fraud;
@@ -201,7 +202,7 @@ fn known_in(labels: &[Labelled], lo: i64, hi: i64, t: i64) -> TerminalStats {
 /// All terminals' labels: written by the labels reader, read by the pipeline's engine and lookups.
 #[derive(Debug)]
 pub struct Terminals {
-    labels: DashMap<Box<str>, Held, foldhash::fast::RandomState>,
+    labels: DashMap<CompactString, Held, foldhash::fast::RandomState>,
     /// The delays of the windows asked for, in ms: each has running counts.
     delays: Vec<i64>,
     /// Transaction-id hashes tell re-deliveries apart; the state is rebuilt from the topic at
@@ -246,11 +247,10 @@ impl Terminals {
             known_at: label.labelled_at.millis(),
             fraud: label.fraud,
         };
-        let mut held = self
-            .labels
-            .entry(label.terminal_id.as_str().into())
-            .or_default();
+        let mut held = self.labels.entry(label.terminal_id.clone()).or_default();
         let pos = held.labels.partition_point(|l| l.key() < new.key());
+        // A copy of a label held, known no earlier, changes nothing to count again.
+        let mut changed = true;
         let admission = match held.labels.get_mut(pos) {
             Some(old) if old.key() == new.key() => {
                 if old.fraud != new.fraud && new.known_at >= old.known_at {
@@ -259,8 +259,10 @@ impl Terminals {
                 } else {
                     // The same outcome known earlier counts from the earlier time, whatever
                     // order the copies arrive in (as a replay sorted by labelled_at sees it).
-                    if old.fraud == new.fraud {
-                        old.known_at = old.known_at.min(new.known_at);
+                    if old.fraud == new.fraud && new.known_at < old.known_at {
+                        old.known_at = new.known_at;
+                    } else {
+                        changed = false;
                     }
                     LabelAdmission::Duplicate
                 }
@@ -278,7 +280,7 @@ impl Terminals {
             held.labels.drain(..expired);
             self.held.fetch_sub(expired as i64, Ordering::Relaxed);
             held.recount(&self.delays, 0);
-        } else {
+        } else if changed {
             held.recount(&self.delays, pos);
         }
         admission

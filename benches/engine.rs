@@ -73,6 +73,29 @@ fn benches(c: &mut Criterion) {
             100.0 * explained as f64 / scored.max(1) as f64
         );
     }
+    // Output encoding alone, on 64 of the population's transactions scored by the default policy.
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("encode_output_batch_64", |b| {
+        let mut prepared: Vec<Prepared> = Vec::with_capacity(64);
+        let mut verdicts: Vec<Verdict> = Vec::with_capacity(64);
+        while prepared.len() < 64 {
+            prepared.extend(one.prepare());
+        }
+        scorer.score(&prepared, &mut verdicts).expect("inference");
+        let (spec, now) = (
+            one.engine.spec().clone(),
+            fraudscore::time::EventTime::now(),
+        );
+        let mut encoded = Vec::new();
+        b.iter(|| {
+            let mut bytes = 0;
+            for (p, v) in prepared.iter().zip(&verdicts) {
+                fraudscore::output::scored(&mut encoded, &spec, p, Some((v, &scorer)), true, now);
+                bytes += encoded.len();
+            }
+            black_box(bytes)
+        })
+    });
     g.throughput(Throughput::Elements(1));
     g.bench_function("explain_one_row", |b| {
         let spec = scorer.model().spec().clone();

@@ -314,6 +314,32 @@ impl FeatureSpec {
             features,
         }
     }
+
+    /// Each feature's name and value as the wire format gives it, in spec order.
+    pub fn entries<'a>(
+        &'a self,
+        features: &'a Features,
+    ) -> impl Iterator<Item = (&'a str, FeatureValue)> + 'a {
+        self.names
+            .iter()
+            .zip(&self.features)
+            .zip(&features.values)
+            .map(|((name, f), &v)| {
+                let value = if f.is_integer() {
+                    FeatureValue::Integer(v as u64)
+                } else {
+                    FeatureValue::Real(v)
+                };
+                (name.as_str(), value)
+            })
+    }
+}
+
+/// A feature's value on the wire: counts and flags are integers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FeatureValue {
+    Integer(u64),
+    Real(f64),
 }
 
 /// The feature values of one event, in [`FeatureSpec`] order.
@@ -336,17 +362,10 @@ pub struct NamedFeatures<'a> {
 impl Serialize for NamedFeatures<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(self.spec.names.len()))?;
-        for ((name, f), v) in self
-            .spec
-            .names
-            .iter()
-            .zip(&self.spec.features)
-            .zip(&self.features.values)
-        {
-            if f.is_integer() {
-                map.serialize_entry(name, &(*v as u64))?;
-            } else {
-                map.serialize_entry(name, v)?;
+        for (name, value) in self.spec.entries(self.features) {
+            match value {
+                FeatureValue::Integer(v) => map.serialize_entry(name, &v)?,
+                FeatureValue::Real(v) => map.serialize_entry(name, &v)?,
             }
         }
         map.end()

@@ -288,24 +288,28 @@ fn flush(
     out: &mut impl Write,
 ) -> Result<u64, ReplayError> {
     let now = EventTime::now();
+    let mut encoded = Vec::new();
     match scorer {
         Some(scorer) => {
             scorer.score(batch, verdicts)?;
             for (p, v) in batch.iter().zip(verdicts.iter()) {
-                out.write_all(&output::scored(
+                output::scored(
+                    &mut encoded,
                     engine.spec(),
                     p,
                     Some((v, &*scorer)),
                     true,
                     now,
-                ))?;
-                out.write_all(b"\n")?;
+                );
+                encoded.push(b'\n');
+                out.write_all(&encoded)?;
             }
         }
         None => {
             for p in batch.iter() {
-                out.write_all(&output::scored(engine.spec(), p, None, true, now))?;
-                out.write_all(b"\n")?;
+                output::scored(&mut encoded, engine.spec(), p, None, true, now);
+                encoded.push(b'\n');
+                out.write_all(&encoded)?;
             }
         }
     }

@@ -47,22 +47,53 @@ impl EventTime {
     }
 }
 
-/// RFC 3339 in UTC with milliseconds, as in the output wire format: `2026-11-26T03:44:58.123Z`.
+impl EventTime {
+    /// RFC 3339 in UTC with milliseconds, as in the output wire format:
+    /// `2026-11-26T03:44:58.123Z`. Written digit by digit: every output carries two.
+    pub fn rfc3339(self) -> [u8; 24] {
+        let days = self.0.div_euclid(MS_PER_DAY);
+        let ms_of_day = self.0.rem_euclid(MS_PER_DAY);
+        let (year, month, day) = civil_from_days(days);
+        let (hour, minute) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
+        let (second, milli) = (ms_of_day / 1_000 % 60, ms_of_day % 1_000);
+        let mut s = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut v: i64| {
+            for i in (at..at + width).rev() {
+                s[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        // Years are 2000 to 2099: four digits.
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, hour);
+        put(14, 2, minute);
+        put(17, 2, second);
+        put(20, 3, milli);
+        s
+    }
+}
+
+/// The proleptic Gregorian (year, month, day) of a day counted from 1970-01-01, by Howard
+/// Hinnant's `civil_from_days` (eras of 400 years, years starting on March 1).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 impl fmt::Display for EventTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = OffsetDateTime::from_unix_timestamp_nanos(self.0 as i128 * 1_000_000)
-            .map_err(|_| fmt::Error)?;
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t.year(),
-            t.month() as u8,
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        )
+        let s = self.rfc3339();
+        f.write_str(std::str::from_utf8(&s).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -135,6 +166,33 @@ mod tests {
         let fri = EventTime::checked(1_795_823_999_999i64).unwrap();
         assert_eq!(fri.to_string(), "2026-11-27T23:59:59.999Z");
         assert!(!fri.is_weekend());
+    }
+
+    proptest::proptest! {
+        /// The digit-by-digit RFC 3339 agrees with the time crate's calendar over every valid time.
+        #[test]
+        fn rfc3339_matches_the_time_crates_calendar(ms in EventTime::MIN.0..EventTime::END.0) {
+            let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap();
+            let expected = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(), t.month() as u8, t.day(), t.hour(), t.minute(), t.second(), t.millisecond()
+            );
+            proptest::prop_assert_eq!(EventTime(ms).to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn calendar_edges() {
+        for (ms, expected) in [
+            (EventTime::MIN.0, "2000-01-01T00:00:00.000Z"),
+            (EventTime::END.0 - 1, "2099-12-31T23:59:59.999Z"),
+            // Leap days: 2000 is a leap year (divisible by 400), 2024 too.
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+            (1_709_164_800_000, "2024-02-29T00:00:00.000Z"),
+            (1_709_251_199_999, "2024-02-29T23:59:59.999Z"),
+        ] {
+            assert_eq!(EventTime(ms).to_string(), expected);
+        }
     }
 
     #[test]

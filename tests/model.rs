@@ -627,3 +627,154 @@ fn a_reload_accepts_a_model_the_state_can_serve_and_refuses_the_rest() {
     let e = check(&shipped, 1, &running, crossing, None).unwrap_err();
     assert!(matches!(e, Refusal::Thresholds(_)), "{e}");
 }
+
+/// The output wire format, spelled out with serde as the oracle for the hand-written encoder:
+/// field order, optional fields, integer features and number formatting, byte for byte.
+#[derive(serde::Serialize)]
+struct WireScored<'a> {
+    transaction_id: &'a str,
+    customer_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    terminal_id: Option<&'a str>,
+    amount: f64,
+    timestamp: String,
+    features: fraudscore::features::NamedFeatures<'a>,
+    score: f32,
+    decision: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<WireReason<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rules: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_score: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_decision: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_model_version: Option<&'a str>,
+    scored_at: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+}
+
+#[derive(serde::Serialize)]
+struct WireReason<'a> {
+    feature: &'a str,
+    value: f32,
+    contribution: f32,
+}
+
+/// Ids that need escaping, every decision, reasons, fired rules with a name that needs escaping,
+/// a shadow inline or not, a duplicate: the encoder writes what serde writes for the same record.
+#[test]
+fn the_output_encoder_writes_the_wire_format_byte_for_byte() {
+    use fraudscore::engine::Prepared;
+    use fraudscore::explain::{ReasonPolicy, ReasonsFor};
+    use fraudscore::rules::Rules;
+    use fraudscore::time::EventTime;
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let load = || Model::load(&root.join("models/fraud.onnx"), 1).unwrap();
+    let rules = Rules::parse(
+        Path::new("rules.toml"),
+        "[[rule]]\nname = 'big \"one\" \\\\ é'\nwhen = 'amount > 900'\naction = 'review'\n\n\
+         [[rule]]\nname = 'tagged'\nwhen = \"terminal_id == 'T\\\"1'\"\naction = 'decline'\n",
+    )
+    .unwrap();
+    let mut scorer = Scorer::new(load(), Thresholds::default())
+        .with_reasons(ReasonPolicy {
+            reasons_for: ReasonsFor::All,
+            ..ReasonPolicy::default()
+        })
+        .with_shadow(load())
+        .unwrap()
+        .with_rules(Some(rules))
+        .unwrap();
+    let spec = fraudscore::features::FeatureSpec::clone(scorer.spec());
+    let mut engine = Engine::new(spec, &EngineConfig::default(), Arc::new(Store::default()));
+    let mut prepared: Vec<Prepared> = Vec::new();
+    for (i, (customer, terminal, amount)) in [
+        ("c-1", Some("T\"1"), 12.5),
+        ("c\"2\\é\u{1}", None, 950.0),
+        ("c-1", Some("t-9"), 0.1),
+        ("c-3", Some("t-9"), 1e-7),
+        ("c-3", Some("t-9"), 123456.789),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut tx = serde_json::json!({
+            "transaction_id": format!("tx-{i}\u{2028}\"/"),
+            "customer_id": customer,
+            "amount": amount,
+            "timestamp": 1_795_000_000_123i64 + i as i64 * 1_000,
+        });
+        if let Some(terminal) = terminal {
+            tx["terminal_id"] = terminal.into();
+        }
+        let value = serde_json::to_vec(&tx).unwrap();
+        prepared.push(engine.prepare(0, i as i64, None, &value).unwrap());
+    }
+    // The same transaction again: a duplicate.
+    let again = serde_json::to_vec(&serde_json::json!({"transaction_id": "tx-0\u{2028}\"/",
+        "customer_id": "c-1", "terminal_id": "T\"1", "amount": 12.5, "timestamp": 1_795_000_000_123i64}))
+    .unwrap();
+    prepared.push(engine.prepare(0, 9, None, &again).unwrap());
+    assert!(prepared.last().unwrap().duplicate);
+
+    let mut verdicts = Vec::new();
+    scorer.score(&prepared, &mut verdicts).unwrap();
+    assert!(verdicts.iter().any(|v| !v.rules.is_empty()));
+    assert!(verdicts.iter().any(|v| !v.reasons.is_empty()));
+    let scored_at = EventTime::checked(1_795_000_060_000i64).unwrap();
+    let spec = engine.spec();
+    let mut encoded = Vec::new();
+    for (p, v) in prepared.iter().zip(&verdicts) {
+        for shadow_inline in [true, false] {
+            let t = &p.transaction;
+            let shadow = v.shadow.filter(|_| shadow_inline);
+            let expected = WireScored {
+                transaction_id: &t.transaction_id,
+                customer_id: t.customer_id.as_str(),
+                terminal_id: t.terminal_id.as_deref(),
+                amount: t.amount,
+                timestamp: t.timestamp.to_string(),
+                features: spec.named(&p.features),
+                score: v.score,
+                decision: v.decision.as_str(),
+                model_version: scorer.model().version(),
+                reasons: v
+                    .reasons
+                    .iter()
+                    .map(|r| WireReason {
+                        feature: spec.model_name(r.column),
+                        value: r.value,
+                        contribution: r.contribution,
+                    })
+                    .collect(),
+                rules: v
+                    .rules
+                    .iter()
+                    .map(|&i| scorer.rules().unwrap().name(i))
+                    .collect(),
+                shadow_score: shadow.map(|s| s.score),
+                shadow_decision: shadow.map(|s| s.decision.as_str()),
+                shadow_model_version: shadow.map(|_| scorer.shadow().unwrap().version()),
+                scored_at: scored_at.to_string(),
+                duplicate: p.duplicate,
+            };
+            fraudscore::output::scored(
+                &mut encoded,
+                spec,
+                p,
+                Some((v, &scorer)),
+                shadow_inline,
+                scored_at,
+            );
+            assert_eq!(
+                String::from_utf8(encoded.clone()).unwrap(),
+                serde_json::to_string(&expected).unwrap()
+            );
+        }
+    }
+}

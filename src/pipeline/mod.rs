@@ -98,6 +98,10 @@ struct Worker {
     engine: Engine,
     scorer: Scorer,
     batch: Batch,
+    /// The output value being sent, and the shadow record's: kept between transactions so
+    /// that encoding does not allocate.
+    encoded: Vec<u8>,
+    encoded_shadow: Vec<u8>,
     commits: Commits,
     /// Periodic snapshots of the window state, unless `state.snapshot_interval` is zero.
     snapshots: Option<Snapshots>,
@@ -167,6 +171,8 @@ impl Pipeline {
             scorer,
             candidates,
             batch: Batch::with_capacity(config.model.max_batch),
+            encoded: Vec::new(),
+            encoded_shadow: Vec::new(),
             commits: Commits::new(
                 config.kafka.input_topic.clone(),
                 config.kafka.commit_interval,
@@ -438,7 +444,8 @@ impl Worker {
         let mut result = Ok(());
         let shadow_topic = self.config.kafka.shadow_topic.as_deref();
         for (prepared, source, verdict) in batch.drain() {
-            let value = output::scored(
+            output::scored(
+                &mut self.encoded,
                 self.engine.spec(),
                 &prepared,
                 Some((&verdict, &self.scorer)),
@@ -446,9 +453,14 @@ impl Worker {
                 scored_at,
             );
             self.observe_scored(&prepared, &verdict, scored_at);
-            let shadowed = shadow_topic.and_then(|topic| {
-                let value = output::shadowed(&prepared, &verdict, &self.scorer, scored_at)?;
-                Some((topic, value))
+            let shadowed = shadow_topic.filter(|_| {
+                output::shadowed(
+                    &mut self.encoded_shadow,
+                    &prepared,
+                    &verdict,
+                    &self.scorer,
+                    scored_at,
+                )
             });
             // Counted before either is sent: the input is committed once both are acknowledged.
             if shadowed.is_some() {
@@ -457,7 +469,7 @@ impl Worker {
             let record = Record {
                 topic: &self.config.kafka.output_topic,
                 key: Some(prepared.transaction.customer_id.as_str().as_bytes()),
-                payload: Some(&value),
+                payload: Some(&self.encoded),
                 headers: source.headers,
             };
             let delivery = Delivery {
@@ -471,11 +483,11 @@ impl Worker {
                 result = Err(e);
                 break;
             }
-            if let Some((topic, value)) = shadowed {
+            if let Some(topic) = shadowed {
                 let record = Record {
                     topic,
                     key: Some(prepared.transaction.customer_id.as_str().as_bytes()),
-                    payload: Some(&value),
+                    payload: Some(&self.encoded_shadow),
                     headers: None,
                 };
                 let delivery = Delivery {

@@ -199,6 +199,13 @@ struct Tree {
 /// in that game is `value × (one_j − zero_j) × ∫₀¹ Π_{k≠j} (t·one_k + (1−t)·zero_k) dt`; the
 /// integrand is a polynomial of degree n − 1, which Gauss–Legendre quadrature with ⌈n/2⌉ points
 /// integrates exactly. This is Algorithm 2's result without its serial recurrences.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    node: u32,
+    to_true: bool,
+    slot: u16,
+}
+
 #[derive(Debug)]
 struct LeafPath {
     /// The distinct features split on from the root to the leaf, in the order first met.
@@ -206,8 +213,8 @@ struct LeafPath {
     /// For each, the share of the training rows that kept to the path through its splits.
     zeros: Vec<f64>,
     /// Each split on the way: its node, whether the path takes its true branch, and the slot
-    /// of its feature in `features`.
-    steps: Vec<(usize, bool, usize)>,
+    /// of its feature in `features` (compact: a row reads every step of every leaf).
+    steps: Vec<Step>,
     value: f64,
 }
 
@@ -243,48 +250,78 @@ impl LeafPath {
                     leaf.features.len() - 1
                 }
             };
-            leaf.steps.push((node, to_true, slot));
+            // `Explainer::build` refuses trees of 2³² nodes or more and models of 2¹⁶ features
+            // or more; a path's distinct features are at most the model's.
+            leaf.steps.push(Step {
+                node: node as u32,
+                to_true,
+                slot: slot as u16,
+            });
         }
         leaf
     }
 
     /// Adds the leaf's part of each of its features' contributions to `phi`, given the branch
     /// the row takes at every node of the tree.
-    fn add_parts(
-        &self,
-        goes_true: &[bool],
-        rules: &Quadrature,
-        scratch: &mut Scratch,
-        phi: &mut [f64],
-    ) {
+    fn add_parts(&self, goes_true: &[bool], rules: &Quadrature, phi: &mut [f64]) {
         let n = self.features.len();
         if n == 0 {
             return;
         }
-        let Scratch {
-            ones,
-            integral,
-            lanes,
-        } = scratch;
-        ones.clear();
-        ones.resize(n, true);
-        for &(node, to_true, slot) in &self.steps {
-            ones[slot] &= goes_true[node] == to_true;
+        if n > LANE_FEATURES {
+            return self.add_parts_long(goes_true, rules, phi);
         }
-        integral.clear();
-        integral.resize(n, 0.0);
+        // Stack buffers: the usual path, short enough for the lanes.
+        let mut ones = [true; LANE_FEATURES];
+        for step in &self.steps {
+            ones[usize::from(step.slot)] &= goes_true[step.node as usize] == step.to_true;
+        }
+        let mut integral = [0.0; LANE_FEATURES];
+        let (ones, integral) = (&ones[..n], &mut integral[..n]);
         let rule = rules.points(n.div_ceil(2));
-        match n.div_ceil(2) {
-            ..=4 => integrals_in_lanes::<4>(&self.zeros, ones, rule, lanes, integral),
-            5..=8 => integrals_in_lanes::<8>(&self.zeros, ones, rule, lanes, integral),
-            _ => integrals(&self.zeros, ones, rule, integral),
+        if n <= 4 {
+            integrals_in_lanes::<2>(&self.zeros, ones, rule, integral);
+        } else if n <= 8 {
+            integrals_in_lanes::<4>(&self.zeros, ones, rule, integral);
+        } else {
+            integrals_in_lanes::<8>(&self.zeros, ones, rule, integral);
         }
-        for j in 0..n {
-            let one = f64::from(u8::from(ones[j]));
-            phi[self.features[j]] += self.value * (one - self.zeros[j]) * integral[j];
+        self.add(ones, integral, phi);
+    }
+
+    /// [`LeafPath::add_parts`] for the rare paths with more distinct features than the lanes take.
+    fn add_parts_long(&self, goes_true: &[bool], rules: &Quadrature, phi: &mut [f64]) {
+        let n = self.features.len();
+        let mut ones = vec![true; n];
+        for step in &self.steps {
+            ones[usize::from(step.slot)] &= goes_true[step.node as usize] == step.to_true;
+        }
+        let mut integral = vec![0.0; n];
+        integrals(
+            &self.zeros,
+            &ones,
+            rules.points(n.div_ceil(2)),
+            &mut integral,
+        );
+        self.add(&ones, &integral, phi);
+    }
+
+    fn add(&self, ones: &[bool], integral: &[f64], phi: &mut [f64]) {
+        for (((&feature, &zero), &one), &integral) in self
+            .features
+            .iter()
+            .zip(&self.zeros)
+            .zip(ones)
+            .zip(integral)
+        {
+            let one = f64::from(u8::from(one));
+            phi[feature] += self.value * (one - zero) * integral;
         }
     }
 }
+
+/// The most distinct features on a path that the lanes take (8 quadrature points).
+const LANE_FEATURES: usize = 16;
 
 /// `∫₀¹ Π_{k≠j} (t·one_k + (1−t)·zero_k) dt` for each j, by the quadrature `rule`, one point at
 /// a time; `out` holds n zeros on entry. For the rare paths too long for the lanes.
@@ -308,47 +345,40 @@ fn integrals(zeros: &[f64], ones: &[bool], rule: &[(f64, f64)], out: &mut [f64])
 }
 
 /// [`integrals`] with the quadrature points side by side in `L` lanes (a rule of at most `L`
-/// points, the others weighing 0), so that the products over a path run on all points at once.
+/// points, the others weighing 0), so that the products over a path run on all points at once;
+/// for paths of at most [`LANE_FEATURES`] features.
 fn integrals_in_lanes<const L: usize>(
     zeros: &[f64],
     ones: &[bool],
     rule: &[(f64, f64)],
-    lanes: &mut Vec<[f64; 8]>,
     out: &mut [f64],
 ) {
-    let n = zeros.len();
+    let n = zeros.len().min(LANE_FEATURES);
     let (mut t, mut w) = ([0.0; L], [0.0; L]);
     for (q, &(tq, wq)) in rule.iter().enumerate().take(L) {
         (t[q], w[q]) = (tq, wq);
     }
-    // lanes[2k]: the factors of feature k; lanes[2k + 1]: the product of those before k.
-    lanes.resize(2 * n, [0.0; 8]);
+    // factor[k]: feature k's factor at each point; before[k]: the product of those before k.
+    let mut factor = [[0.0; L]; LANE_FEATURES];
+    let mut before = [[0.0; L]; LANE_FEATURES];
     let mut p = [1.0; L];
     for k in 0..n {
         let (z, o) = (zeros[k], f64::from(u8::from(ones[k])));
         for q in 0..L {
-            lanes[2 * k][q] = (1.0 - t[q]) * z + o * t[q];
-            lanes[2 * k + 1][q] = p[q];
-            p[q] *= lanes[2 * k][q];
+            factor[k][q] = (1.0 - t[q]) * z + o * t[q];
+            before[k][q] = p[q];
+            p[q] *= factor[k][q];
         }
     }
     let mut after = [1.0; L];
     for j in (0..n).rev() {
         let mut sum = 0.0;
         for q in 0..L {
-            sum += w[q] * lanes[2 * j + 1][q] * after[q];
-            after[q] *= lanes[2 * j][q];
+            sum += w[q] * before[j][q] * after[q];
+            after[q] *= factor[j][q];
         }
         out[j] = sum;
     }
-}
-
-/// Buffers reused across the leaves of one row.
-#[derive(Default)]
-struct Scratch {
-    ones: Vec<bool>,
-    integral: Vec<f64>,
-    lanes: Vec<[f64; 8]>,
 }
 
 /// Gauss–Legendre points and weights on [0, 1], for every point count the leaves need.
@@ -534,6 +564,12 @@ impl Explainer {
                     .unwrap_or_default(),
             )
         };
+        // Steps keep node ids in 32 bits and feature slots in 16.
+        if width > usize::from(u16::MAX) || covers.iter().any(|c| c.len() > u32::MAX as usize) {
+            return Err(ExplainError::Unsupported(format!(
+                "{width} features or a tree of over 2³² nodes"
+            )));
+        }
         // A margin is what LOGISTIC maps to a probability; the other transforms have no log-odds to split.
         if !matches!(post, b"LOGISTIC" | b"NONE" | b"") {
             return Err(ExplainError::Unsupported(format!(
@@ -717,12 +753,11 @@ impl Explainer {
             return;
         }
         let mut goes_true = Vec::new();
-        let mut scratch = Scratch::default();
         for tree in &self.trees {
             goes_true.clear();
             goes_true.extend(tree.nodes.iter().map(|n| n.goes_true(row) == Some(true)));
             for leaf in &tree.leaves {
-                leaf.add_parts(&goes_true, &self.quadrature, &mut scratch, phi);
+                leaf.add_parts(&goes_true, &self.quadrature, phi);
             }
         }
     }
@@ -884,7 +919,6 @@ mod tests {
             rng
         };
         let quadrature = Quadrature::up_to(8);
-        let mut lanes = Vec::new();
         for n in 1..=14usize {
             let zeros: Vec<f64> = (0..n).map(|_| (1 + next() % 999) as f64 / 1000.0).collect();
             let ones: Vec<bool> = (0..n).map(|_| next() % 2 == 0).collect();
@@ -901,7 +935,7 @@ mod tests {
             let mut scalar = vec![0.0; n];
             integrals(&zeros, &ones, rule, &mut scalar);
             let mut wide = vec![0.0; n];
-            integrals_in_lanes::<8>(&zeros, &ones, rule, &mut lanes, &mut wide);
+            integrals_in_lanes::<8>(&zeros, &ones, rule, &mut wide);
             for j in 0..n {
                 let one = f64::from(u8::from(ones[j]));
                 for got in [scalar[j], wide[j]] {

@@ -12,8 +12,8 @@ use tracing::{info, warn};
 use crate::engine::{ThresholdOverrides, Thresholds};
 use crate::features::FeatureSpec;
 use crate::metrics::Metrics;
-use crate::model::Model;
-use crate::rules::Rules;
+use crate::model::{Model, ModelError};
+use crate::rules::{Rules, RulesError};
 use crate::time::WindowLen;
 
 /// How often the model file is looked at with `model.watch`, and a SIGHUP noticed.
@@ -80,7 +80,7 @@ pub fn check(
     overrides: ThresholdOverrides,
     rules: Option<&Path>,
 ) -> Result<Candidate, Refusal> {
-    Files::read(path, rules)?.candidate(intra_threads, limits, overrides)
+    Files::read::<Refusal>(path, None, rules)?.candidate(intra_threads, limits, overrides)
 }
 
 /// [`check`], with `copies` candidates (one per pipeline) all made from one reading of each file,
@@ -93,26 +93,53 @@ pub fn check_copies(
     rules: Option<&Path>,
     copies: usize,
 ) -> Result<Vec<Candidate>, Refusal> {
-    let files = Files::read(path, rules)?;
+    let files: Files = Files::read::<Refusal>(path, None, rules)?;
     (0..copies)
         .map(|_| files.candidate(intra_threads, limits, overrides))
         .collect()
 }
 
-/// The model file and the rules file, read once.
-struct Files<'a> {
+/// The model, shadow and rules files, each read once: every pipeline's copy is made from the
+/// same bytes, so a file replaced meanwhile cannot give two pipelines different models or rules.
+pub struct Files<'a> {
     model: (&'a Path, Vec<u8>),
+    shadow: Option<(&'a Path, Vec<u8>)>,
     rules: Option<(&'a Path, String)>,
 }
 
 impl<'a> Files<'a> {
-    fn read(model: &'a Path, rules: Option<&'a Path>) -> Result<Files<'a>, Refusal> {
+    pub fn read<E: From<ModelError> + From<RulesError>>(
+        model: &'a Path,
+        shadow: Option<&'a Path>,
+        rules: Option<&'a Path>,
+    ) -> Result<Files<'a>, E> {
         Ok(Files {
             model: (model, Model::read(model)?),
+            shadow: shadow
+                .map(|p| Model::read(p).map(|bytes| (p, bytes)))
+                .transpose()?,
             rules: rules
                 .map(|p| Rules::read(p).map(|text| (p, text)))
                 .transpose()?,
         })
+    }
+
+    pub fn model(&self, intra_threads: usize) -> Result<Model, ModelError> {
+        Model::from_bytes(self.model.0, &self.model.1, intra_threads)
+    }
+
+    pub fn shadow(&self, intra_threads: usize) -> Result<Option<Model>, ModelError> {
+        self.shadow
+            .as_ref()
+            .map(|(p, bytes)| Model::from_bytes(p, bytes, intra_threads))
+            .transpose()
+    }
+
+    pub fn rules(&self) -> Result<Option<Rules>, RulesError> {
+        self.rules
+            .as_ref()
+            .map(|(p, text)| Rules::parse(p, text))
+            .transpose()
     }
 
     /// A model and rules made from the files, checked.
@@ -122,13 +149,7 @@ impl<'a> Files<'a> {
         limits: &Limits,
         overrides: ThresholdOverrides,
     ) -> Result<Candidate, Refusal> {
-        let model = Model::from_bytes(self.model.0, &self.model.1, intra_threads)?;
-        let rules = self
-            .rules
-            .as_ref()
-            .map(|(p, text)| Rules::parse(p, text))
-            .transpose()?;
-        checked(model, rules, limits, overrides)
+        checked(self.model(intra_threads)?, self.rules()?, limits, overrides)
     }
 }
 

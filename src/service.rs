@@ -16,6 +16,7 @@ use crate::engine::{ThresholdError, Thresholds};
 use crate::metrics::Metrics;
 use crate::model::{Model, ModelError};
 use crate::pipeline::{Pipeline, PipelineError};
+use crate::reload::Files;
 use crate::rules::Rules;
 use crate::scorer::Scorer;
 use crate::shared::{Common, Lanes, Served, Shared};
@@ -308,27 +309,15 @@ impl Service {
 /// is read once, so that a file replaced during the start cannot give pipelines different models.
 fn scorers(config: &Config, threads: usize) -> Result<Vec<Scorer>, StartError> {
     let m = &config.model;
-    let model = Model::read(&m.path)?;
-    let shadow = m
-        .shadow
-        .as_deref()
-        .map(|p| Ok::<_, StartError>((p, Model::read(p)?)));
-    let shadow = shadow.transpose()?;
-    let rules = config.rules.file.as_deref();
-    let rules = rules.map(|p| Ok::<_, StartError>((p, Rules::read(p)?)));
-    let rules = rules.transpose()?;
+    let files =
+        Files::read::<StartError>(&m.path, m.shadow.as_deref(), config.rules.file.as_deref())?;
     (0..threads)
         .map(|lane| {
-            let model = Model::from_bytes(&m.path, &model, m.intra_threads)?;
-            let shadow = shadow
-                .as_ref()
-                .map(|(p, bytes)| Model::from_bytes(p, bytes, m.intra_threads));
-            let rules = rules.as_ref().map(|(p, text)| Rules::parse(p, text));
             scorer(
                 config,
-                model,
-                shadow.transpose()?,
-                rules.transpose()?,
+                files.model(m.intra_threads)?,
+                files.shadow(m.intra_threads)?,
+                files.rules()?,
                 lane == 0,
             )
         })

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use fraudscore::engine::Prepared;
 use fraudscore::explain::{ReasonPolicy, ReasonsFor};
 use fraudscore::scorer::Verdict;
@@ -117,6 +117,38 @@ fn benches(c: &mut Criterion) {
             explainer.contributions(&rows[i * width..(i + 1) * width], &mut phi);
             black_box(phi[0])
         })
+    });
+    // As the service meets it: explanations are rare, so the trees are out of the caches. Each
+    // row's explanation follows a write over 48 MiB (more than the last-level cache), untimed.
+    g.bench_function("explain_one_row_cold", |b| {
+        let spec = scorer.model().spec().clone();
+        let explainer = scorer
+            .model()
+            .explainer()
+            .expect("the shipped model has tree covers");
+        let mut rows = Vec::new();
+        for _ in 0..1024 {
+            if let Some(p) = one.prepare() {
+                spec.model_row(&p.features, &mut rows);
+            }
+        }
+        let width = spec.model_width();
+        let (mut phi, mut i) = (Vec::new(), 0);
+        let mut other = vec![0u8; 48 << 20];
+        b.iter_batched(
+            || {
+                for byte in other.iter_mut().step_by(64) {
+                    *byte = byte.wrapping_add(1);
+                }
+                i = (i + 1) % (rows.len() / width);
+                i
+            },
+            |i| {
+                explainer.contributions(&rows[i * width..(i + 1) * width], &mut phi);
+                black_box(phi[0])
+            },
+            BatchSize::PerIteration,
+        )
     });
     g.throughput(Throughput::Elements(64));
     // Rows of the population, as the service scores them: a tree ensemble's branches on real

@@ -190,6 +190,29 @@ impl Node {
 struct Tree {
     nodes: Vec<Node>,
     leaves: Vec<LeafPath>,
+    /// The leaves' paths, leaf after leaf, in one array each: an explanation reads them front to
+    /// back, which the prefetcher follows. Explanations are rare, so these are out of the caches
+    /// when one comes (an allocation per leaf cost a cache miss at each: 3x the time).
+    paths: Paths,
+}
+
+/// The flat arrays [`LeafPath`]s index into.
+#[derive(Debug, Default)]
+struct Paths {
+    /// The distinct features split on from the root to the leaf, in the order first met.
+    features: Vec<u32>,
+    /// For each, the share of the training rows that kept to the path through its splits.
+    zeros: Vec<f64>,
+    /// Each split on the way: its node, whether the path takes its true branch, and the slot
+    /// of its feature among the leaf's features.
+    steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    node: u32,
+    to_true: bool,
+    slot: u16,
 }
 
 /// A leaf as TreeSHAP sees it. The leaf's value counts, for a set S of known features, as
@@ -199,33 +222,18 @@ struct Tree {
 /// in that game is `value × (one_j − zero_j) × ∫₀¹ Π_{k≠j} (t·one_k + (1−t)·zero_k) dt`; the
 /// integrand is a polynomial of degree n − 1, which Gauss–Legendre quadrature with ⌈n/2⌉ points
 /// integrates exactly. This is Algorithm 2's result without its serial recurrences.
-#[derive(Debug, Clone, Copy)]
-struct Step {
-    node: u32,
-    to_true: bool,
-    slot: u16,
-}
-
 #[derive(Debug)]
 struct LeafPath {
-    /// The distinct features split on from the root to the leaf, in the order first met.
-    features: Vec<usize>,
-    /// For each, the share of the training rows that kept to the path through its splits.
-    zeros: Vec<f64>,
-    /// Each split on the way: its node, whether the path takes its true branch, and the slot
-    /// of its feature in `features` (compact: a row reads every step of every leaf).
-    steps: Vec<Step>,
     value: f64,
+    /// Where its features and zeros are in [`Paths`], and its steps.
+    slots: std::ops::Range<usize>,
+    steps: std::ops::Range<usize>,
 }
 
 impl LeafPath {
-    fn new(nodes: &[Node], way: &[(usize, bool)], value: f64) -> LeafPath {
-        let mut leaf = LeafPath {
-            features: Vec::new(),
-            zeros: Vec::new(),
-            steps: Vec::new(),
-            value,
-        };
+    /// The leaf at the end of `way`, its path appended to `paths`.
+    fn new(nodes: &[Node], way: &[(usize, bool)], value: f64, paths: &mut Paths) -> LeafPath {
+        let (first_slot, first_step) = (paths.features.len(), paths.steps.len());
         for &(node, to_true) in way {
             let Node::Split {
                 feature,
@@ -239,83 +247,102 @@ impl LeafPath {
             };
             let child = if to_true { yes } else { no };
             let share = nodes[child].cover() / cover;
-            let slot = match leaf.features.iter().position(|&f| f == feature) {
+            // `Explainer::build` refuses trees of 2³² nodes or more and models of 2¹⁶ features
+            // or more; a path's distinct features are at most the model's.
+            let feature = feature as u32;
+            let slot = match paths.features[first_slot..]
+                .iter()
+                .position(|&f| f == feature)
+            {
                 Some(slot) => {
-                    leaf.zeros[slot] *= share;
+                    paths.zeros[first_slot + slot] *= share;
                     slot
                 }
                 None => {
-                    leaf.features.push(feature);
-                    leaf.zeros.push(share);
-                    leaf.features.len() - 1
+                    paths.features.push(feature);
+                    paths.zeros.push(share);
+                    paths.features.len() - 1 - first_slot
                 }
             };
-            // `Explainer::build` refuses trees of 2³² nodes or more and models of 2¹⁶ features
-            // or more; a path's distinct features are at most the model's.
-            leaf.steps.push(Step {
+            paths.steps.push(Step {
                 node: node as u32,
                 to_true,
                 slot: slot as u16,
             });
         }
-        leaf
+        LeafPath {
+            value,
+            slots: first_slot..paths.features.len(),
+            steps: first_step..paths.steps.len(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
     }
 
     /// Adds the leaf's part of each of its features' contributions to `phi`, given the branch
     /// the row takes at every node of the tree.
-    fn add_parts(&self, goes_true: &[bool], rules: &Quadrature, phi: &mut [f64]) {
-        let n = self.features.len();
+    fn add_parts(&self, paths: &Paths, goes_true: &[bool], rules: &Quadrature, phi: &mut [f64]) {
+        let n = self.len();
         if n == 0 {
             return;
         }
         if n > LANE_FEATURES {
-            return self.add_parts_long(goes_true, rules, phi);
+            return self.add_parts_long(paths, goes_true, rules, phi);
         }
         // Stack buffers: the usual path, short enough for the lanes.
         let mut ones = [true; LANE_FEATURES];
-        for step in &self.steps {
+        for step in &paths.steps[self.steps.clone()] {
             ones[usize::from(step.slot)] &= goes_true[step.node as usize] == step.to_true;
         }
         let mut integral = [0.0; LANE_FEATURES];
         let (ones, integral) = (&ones[..n], &mut integral[..n]);
+        let zeros = &paths.zeros[self.slots.clone()];
         let rule = rules.points(n.div_ceil(2));
         if n <= 4 {
-            integrals_in_lanes::<2>(&self.zeros, ones, rule, integral);
+            integrals_in_lanes::<2>(zeros, ones, rule, integral);
         } else if n <= 8 {
-            integrals_in_lanes::<4>(&self.zeros, ones, rule, integral);
+            integrals_in_lanes::<4>(zeros, ones, rule, integral);
         } else {
-            integrals_in_lanes::<8>(&self.zeros, ones, rule, integral);
+            integrals_in_lanes::<8>(zeros, ones, rule, integral);
         }
-        self.add(ones, integral, phi);
+        self.add(paths, ones, integral, phi);
     }
 
     /// [`LeafPath::add_parts`] for the rare paths with more distinct features than the lanes take.
-    fn add_parts_long(&self, goes_true: &[bool], rules: &Quadrature, phi: &mut [f64]) {
-        let n = self.features.len();
+    fn add_parts_long(
+        &self,
+        paths: &Paths,
+        goes_true: &[bool],
+        rules: &Quadrature,
+        phi: &mut [f64],
+    ) {
+        let n = self.len();
         let mut ones = vec![true; n];
-        for step in &self.steps {
+        for step in &paths.steps[self.steps.clone()] {
             ones[usize::from(step.slot)] &= goes_true[step.node as usize] == step.to_true;
         }
         let mut integral = vec![0.0; n];
         integrals(
-            &self.zeros,
+            &paths.zeros[self.slots.clone()],
             &ones,
             rules.points(n.div_ceil(2)),
             &mut integral,
         );
-        self.add(&ones, &integral, phi);
+        self.add(paths, &ones, &integral, phi);
     }
 
-    fn add(&self, ones: &[bool], integral: &[f64], phi: &mut [f64]) {
-        for (((&feature, &zero), &one), &integral) in self
-            .features
+    fn add(&self, paths: &Paths, ones: &[bool], integral: &[f64], phi: &mut [f64]) {
+        let slots = self.slots.clone();
+        for (((&feature, &zero), &one), &integral) in paths.features[slots.clone()]
             .iter()
-            .zip(&self.zeros)
+            .zip(&paths.zeros[slots])
             .zip(ones)
             .zip(integral)
         {
             let one = f64::from(u8::from(one));
-            phi[feature] += self.value * (one - zero) * integral;
+            phi[feature as usize] += self.value * (one - zero) * integral;
         }
     }
 }
@@ -430,7 +457,7 @@ fn gauss_legendre(n: usize) -> Vec<(f64, f64)> {
 impl Tree {
     /// The tree with each leaf's path worked out.
     fn new(nodes: Vec<Node>) -> Tree {
-        let mut leaves = Vec::new();
+        let (mut leaves, mut paths) = (Vec::new(), Paths::default());
         // (node, the splits on the way to it: node, took its true branch)
         let mut stack = vec![(0usize, Vec::<(usize, bool)>::new())];
         while let Some((i, way)) = stack.pop() {
@@ -442,10 +469,16 @@ impl Tree {
                         stack.push((child, way));
                     }
                 }
-                Node::Leaf { value, .. } => leaves.push(LeafPath::new(&nodes, &way, value)),
+                Node::Leaf { value, .. } => {
+                    leaves.push(LeafPath::new(&nodes, &way, value, &mut paths))
+                }
             }
         }
-        Tree { nodes, leaves }
+        Tree {
+            nodes,
+            leaves,
+            paths,
+        }
     }
 
     /// The child `x` goes to at a split.
@@ -723,7 +756,7 @@ impl Explainer {
         let most_features = trees
             .iter()
             .flat_map(|t| &t.leaves)
-            .map(|l| l.features.len())
+            .map(LeafPath::len)
             .max()
             .unwrap_or(0);
         Explainer {
@@ -757,7 +790,7 @@ impl Explainer {
             goes_true.clear();
             goes_true.extend(tree.nodes.iter().map(|n| n.goes_true(row) == Some(true)));
             for leaf in &tree.leaves {
-                leaf.add_parts(&goes_true, &self.quadrature, phi);
+                leaf.add_parts(&tree.paths, &goes_true, &self.quadrature, phi);
             }
         }
     }

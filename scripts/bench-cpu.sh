@@ -25,17 +25,23 @@ mkdir -p "$OUT"
 # utime + stime of the process, in clock ticks.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# A regex matching the text $1 as it is.
+literal() { printf '%s' "$1" | sed 's/[][\\.*^$+?(){}|]/\\&/g'; }
+
 for round in $(seq "$PAIRS"); do
+  n=0
   for sut in $SUTS; do
+    n=$((n + 1))
     if [ "$sut" = passthrough ]; then
-      cmd=$(passthrough_sut); pattern="^$LG passthrough"
+      cmd=$(passthrough_sut); pattern="^$(literal "$LG") passthrough"
     else
       bin=$(realpath "$sut")
       # shellcheck disable=SC2086
-      cmd=$(FRAUDSCORE_BIN=$bin service_sut FRAUDSCORE__STATE__SNAPSHOT_INTERVAL=0s $EXTRA); pattern="^$bin run"
+      cmd=$(FRAUDSCORE_BIN=$bin service_sut FRAUDSCORE__STATE__SNAPSHOT_INTERVAL=0s $EXTRA); pattern="^$(literal "$bin") run"
     fi
     start_broker "$OUT/broker" > /dev/null
-    report="$OUT/round$round-$(basename "$sut")"
+    report="$OUT/round$round-sut$n"
+    rm -f "$report.cpu"
     (
       sleep 5
       pid=$(pgrep -f "$pattern" | head -1)
@@ -47,6 +53,10 @@ for round in $(seq "$PAIRS"); do
       --topic-suffix="-cpu$round-$(date +%s%N)" "${CREATE[@]}" --bad-ratio 0 --warmup 2s \
       --sut-cmd "$cmd" --report "$report" > "$report.txt" 2>&1 || echo "$sut: exit $?" >&2
     wait "$sampler" || true
+    if [ ! -s "$report.cpu" ]; then
+      echo "round $round $sut: no CPU sample (the process was not found at 5 s or ended early; see $report.txt)"
+      continue
+    fi
     read -r a b hz < "$report.cpu"
     per_msg=$(awk -v a="$a" -v b="$b" -v hz="$hz" -v r="$RATE" 'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / (r * 8) }')
     echo "round $round $sut: $per_msg µs CPU per message; $(grep -o 'latency ms: p50 [0-9.]*  p90 [0-9.]*  p99 [0-9.]*' "$report.txt" | head -1); $(grep -o 'missing [0-9]*' "$report.txt" | head -1)"

@@ -63,7 +63,7 @@ impl EventTime {
                 v /= 10;
             }
         };
-        // Years are 2000 to 2099: four digits.
+        // Four-digit years: event times are 2000 to 2099, and `now()` is now.
         put(0, 4, year);
         put(5, 2, month);
         put(8, 2, day);

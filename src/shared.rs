@@ -311,10 +311,11 @@ mod tests {
     #[test]
     fn pipelines_leave_together_or_after_the_limit() {
         let departure = Departure::new(2);
+        // Timed from before the spawn: a thread that starts late must not shorten the wait seen.
+        let started = Instant::now();
         let first = {
             let d = departure.clone();
             std::thread::spawn(move || {
-                let started = Instant::now();
                 d.ready_and_wait(Duration::from_secs(30));
                 started.elapsed()
             })

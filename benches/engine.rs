@@ -11,6 +11,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use fraudscore::engine::Prepared;
 use fraudscore::explain::{ReasonPolicy, ReasonsFor};
+use fraudscore::features::FeatureSpec;
 use fraudscore::scorer::Verdict;
 
 #[path = "common/population.rs"]
@@ -97,19 +98,14 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.throughput(Throughput::Elements(1));
+    let width = scorer.model().spec().model_width();
+    let explained = population_rows(&mut one, scorer.model().spec(), 1024);
+    let explainer = scorer
+        .model()
+        .explainer()
+        .expect("the shipped model has tree covers");
     g.bench_function("explain_one_row", |b| {
-        let spec = scorer.model().spec().clone();
-        let explainer = scorer
-            .model()
-            .explainer()
-            .expect("the shipped model has tree covers");
-        let mut rows = Vec::new();
-        for _ in 0..1024 {
-            if let Some(p) = one.prepare() {
-                spec.model_row(&p.features, &mut rows);
-            }
-        }
-        let width = spec.model_width();
+        let rows = &explained;
         let mut phi = Vec::new();
         let mut i = 0;
         b.iter(|| {
@@ -121,18 +117,7 @@ fn benches(c: &mut Criterion) {
     // As the service meets it: explanations are rare, so the trees are out of the caches. Each
     // row's explanation follows a write over 48 MiB (more than the last-level cache), untimed.
     g.bench_function("explain_one_row_cold", |b| {
-        let spec = scorer.model().spec().clone();
-        let explainer = scorer
-            .model()
-            .explainer()
-            .expect("the shipped model has tree covers");
-        let mut rows = Vec::new();
-        for _ in 0..1024 {
-            if let Some(p) = one.prepare() {
-                spec.model_row(&p.features, &mut rows);
-            }
-        }
-        let width = spec.model_width();
+        let rows = &explained;
         let (mut phi, mut i) = (Vec::new(), 0);
         let mut other = vec![0u8; 48 << 20];
         b.iter_batched(
@@ -155,14 +140,8 @@ fn benches(c: &mut Criterion) {
     // rows are not the repeating pattern of the synthetic rows below, which the branch
     // predictor learns.
     g.bench_function("inference_only_batch_64_population_rows", |b| {
-        let spec = scorer.model().spec().clone();
-        let mut rows = Vec::new();
-        for _ in 0..64 * 64 {
-            if let Some(p) = one.prepare() {
-                spec.model_row(&p.features, &mut rows);
-            }
-        }
-        let batch = 64 * spec.model_width();
+        let rows = population_rows(&mut one, scorer.model().spec(), 64 * 64);
+        let batch = 64 * width;
         let batches = rows.len() / batch;
         let (mut scores, mut m, mut i) = (Vec::new(), model(), 0);
         b.iter(|| {
@@ -184,6 +163,17 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// The model rows of up to `n` of the population's next transactions (those the engine takes).
+fn population_rows(one: &mut Lane, spec: &FeatureSpec, n: usize) -> Vec<f32> {
+    let mut rows = Vec::new();
+    for _ in 0..n {
+        if let Some(p) = one.prepare() {
+            spec.model_row(&p.features, &mut rows);
+        }
+    }
+    rows
 }
 
 criterion_group! {

@@ -292,12 +292,9 @@ impl LeafPath {
             return self.add_parts_long(paths, goes_true, rules, phi);
         }
         // Stack buffers: the usual path, short enough for the lanes.
-        let mut ones = [true; LANE_FEATURES];
-        for step in &paths.steps[self.steps.clone()] {
-            ones[usize::from(step.slot)] &= goes_true[step.node as usize] == step.to_true;
-        }
-        let mut integral = [0.0; LANE_FEATURES];
-        let (ones, integral) = (&ones[..n], &mut integral[..n]);
+        let (mut ones, mut integral) = ([true; LANE_FEATURES], [0.0; LANE_FEATURES]);
+        let (ones, integral) = (&mut ones[..n], &mut integral[..n]);
+        self.follows(paths, goes_true, ones);
         let zeros = &paths.zeros[self.slots.clone()];
         let rule = rules.points(n.div_ceil(2));
         if n <= 4 {
@@ -320,9 +317,7 @@ impl LeafPath {
     ) {
         let n = self.len();
         let mut ones = vec![true; n];
-        for step in &paths.steps[self.steps.clone()] {
-            ones[usize::from(step.slot)] &= goes_true[step.node as usize] == step.to_true;
-        }
+        self.follows(paths, goes_true, &mut ones);
         let mut integral = vec![0.0; n];
         integrals(
             &paths.zeros[self.slots.clone()],
@@ -331,6 +326,14 @@ impl LeafPath {
             &mut integral,
         );
         self.add(paths, &ones, &integral, phi);
+    }
+
+    /// Clears `ones[k]` (all set on entry) for each of the leaf's features at which the row
+    /// leaves its path.
+    fn follows(&self, paths: &Paths, goes_true: &[bool], ones: &mut [bool]) {
+        for step in &paths.steps[self.steps.clone()] {
+            ones[usize::from(step.slot)] &= goes_true[step.node as usize] == step.to_true;
+        }
     }
 
     fn add(&self, paths: &Paths, ones: &[bool], integral: &[f64], phi: &mut [f64]) {

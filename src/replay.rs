@@ -288,30 +288,19 @@ fn flush(
     out: &mut impl Write,
 ) -> Result<u64, ReplayError> {
     let now = EventTime::now();
-    let mut encoded = Vec::new();
-    match scorer {
+    let scorer = match scorer {
         Some(scorer) => {
             scorer.score(batch, verdicts)?;
-            for (p, v) in batch.iter().zip(verdicts.iter()) {
-                output::scored(
-                    &mut encoded,
-                    engine.spec(),
-                    p,
-                    Some((v, &*scorer)),
-                    true,
-                    now,
-                );
-                encoded.push(b'\n');
-                out.write_all(&encoded)?;
-            }
+            Some(&*scorer)
         }
-        None => {
-            for p in batch.iter() {
-                output::scored(&mut encoded, engine.spec(), p, None, true, now);
-                encoded.push(b'\n');
-                out.write_all(&encoded)?;
-            }
-        }
+        None => None,
+    };
+    let mut encoded = Vec::new();
+    for (i, p) in batch.iter().enumerate() {
+        let verdict = scorer.and_then(|s| verdicts.get(i).map(|v| (v, s)));
+        output::scored(&mut encoded, engine.spec(), p, verdict, true, now);
+        encoded.push(b'\n');
+        out.write_all(&encoded)?;
     }
     let n = batch.len() as u64;
     batch.clear();

@@ -45,9 +45,7 @@ impl EventTime {
     pub fn now() -> EventTime {
         EventTime((OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64)
     }
-}
 
-impl EventTime {
     /// RFC 3339 in UTC with milliseconds, as in the output wire format:
     /// `2026-11-26T03:44:58.123Z`. Written digit by digit: every output carries two.
     pub fn rfc3339(self) -> [u8; 24] {

@@ -894,3 +894,57 @@ fn a_fatal_producer_error_stops_the_service_with_an_error_committing_nothing_und
         "nothing undelivered is committed: {committed:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. A stop while the group rebalances
+// ---------------------------------------------------------------------------------------------
+
+/// The broker refuses the commit at stop with `REBALANCE_IN_PROGRESS` (as Kafka does while a
+/// joining member is being settled, and librdkafka does not retry it): the service serves the
+/// rebalance and commits again, within the stop's limit, instead of leaving everything since the
+/// last periodic commit to be re-scored after the restart.
+#[test]
+fn a_commit_at_stop_refused_while_the_group_rebalances_is_made_again() {
+    let _serial = serial();
+    logs();
+    let cluster = cluster(1);
+    let brokers = cluster.bootstrap_servers();
+    let service = start_with_partitions(config(
+        &brokers,
+        &[
+            // No periodic commit: the commit at stop is the only one.
+            ("FRAUDSCORE__KAFKA__COMMIT_INTERVAL", "1h"),
+            ("FRAUDSCORE__PIPELINE__THREADS", "1"),
+        ],
+    ));
+    let reader = Reader::start(&brokers);
+    let input = producer(&brokers);
+    send_fifty(&input);
+    input.flush(Duration::from_secs(10)).expect("input flushed");
+    assert!(
+        wait_until(Duration::from_secs(30), || reader.distinct_ids() == 50),
+        "every output came out: {}",
+        reader.distinct_ids()
+    );
+    let (committed, ends) = common::committed_and_ends(&brokers, GROUP, INPUT, 1);
+    assert_eq!(
+        (committed.as_slice(), ends.as_slice()),
+        ([-1].as_slice(), [50].as_slice()),
+        "nothing committed before the stop"
+    );
+
+    let rebalancing = rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS;
+    cluster.request_errors(
+        rdkafka::types::RDKafkaApiKey::OffsetCommit,
+        &[rebalancing; 3],
+    );
+    let (stopped, took) = service.stop_within(Duration::from_secs(30));
+    stopped.expect("clean stop");
+    reader.finish(Duration::ZERO, Duration::ZERO);
+    let (committed, ends) = common::committed_and_ends(&brokers, GROUP, INPUT, 1);
+    println!("stop took {took:?}; committed {committed:?} of {ends:?}");
+    assert_eq!(
+        committed, ends,
+        "what was acknowledged is committed at stop, after the refusals"
+    );
+}

@@ -164,7 +164,11 @@ impl CustomerWindows {
             }
         }
         let k = (at.millis(), id & !OUTCOME_BITS);
-        let pos = self.events.partition_point(|e| e.key() < k);
+        let pos = match self.events.last() {
+            // In order, the usual case: no search through a busy customer's cold events.
+            Some(last) if last.key() < k => self.events.len(),
+            _ => self.events.partition_point(|e| e.key() < k),
+        };
         if self.events.get(pos).is_some_and(|e| e.key() == k) {
             return Ok(Admission::Duplicate);
         }
@@ -201,6 +205,9 @@ impl CustomerWindows {
     fn evict(&mut self, retention: &Retention) {
         let Some(newest) = self.newest() else { return };
         let cut = retention.drop_at_or_before(newest.millis());
+        if self.events.first().is_some_and(|e| e.at > cut) {
+            return;
+        }
         let expired = self.events.partition_point(|e| e.at <= cut);
         // Expired events sit before every window, so they may wait: removing them shifts the
         // whole array, and doing that once an eighth has expired keeps a hot customer's inserts
@@ -230,17 +237,42 @@ impl CustomerWindows {
     /// Count and sum for each window (ascending lengths) ending at `at`: events in `(at - w, at]`.
     pub fn stats(&self, at: EventTime, windows: &[WindowLen], out: &mut Vec<WindowStats>) {
         out.clear();
-        let end = self.events.partition_point(|e| e.at <= at.millis());
+        let end = match self.events.last() {
+            Some(last) if last.at <= at.millis() => self.events.len(),
+            _ => self.events.partition_point(|e| e.at <= at.millis()),
+        };
         let total = self.total_before(end);
         let mut lo = end;
         for w in windows {
-            let start = self.events[..lo].partition_point(|e| e.at <= at.millis() - w.millis());
+            let start = self.first_after(lo, at.millis() - w.millis());
             out.push(WindowStats {
                 count: (end - start) as u32,
                 sum: from_units(total.wrapping_sub(self.total_before(start))),
             });
             lo = start;
         }
+    }
+
+    /// The first of the events before `hi` later than `bound`. Searched back from `hi` by
+    /// doubling steps, since a short window's start is a cache line or two from its end, where
+    /// halving the whole array would miss the cache at each step; a window holding every event
+    /// is known from the first one.
+    fn first_after(&self, hi: usize, bound: i64) -> usize {
+        let events = &self.events[..hi];
+        if events.first().is_none_or(|e| e.at > bound) {
+            return 0;
+        }
+        // events[right..] are all later than bound; events[0] is not.
+        let (mut right, mut step) = (hi, 1);
+        while step < right {
+            let probe = right - step;
+            if events[probe].at <= bound {
+                return probe + 1 + events[probe + 1..right].partition_point(|e| e.at <= bound);
+            }
+            right = probe;
+            step *= 2;
+        }
+        1 + events[1..right].partition_point(|e| e.at <= bound)
     }
 
     /// Records the outcome (1 to 3; 0 is "not scored") of the event at `at` with id hash `id`;

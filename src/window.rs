@@ -149,6 +149,18 @@ impl CustomerWindows {
         pos.checked_sub(1).map_or(0, |i| self.events[i].total)
     }
 
+    /// Where the event with key `k` is, or would go. The newest event is looked at first: events
+    /// mostly come in order, and their outcome is recorded right after, so no search goes through
+    /// a busy customer's cold events.
+    fn position(&self, k: (i64, u64)) -> usize {
+        let len = self.events.len();
+        match self.events.last().map(Event::key) {
+            Some(last) if last < k => len,
+            Some(last) if last == k => len - 1,
+            _ => self.events.partition_point(|e| e.key() < k),
+        }
+    }
+
     /// Adds an event in its place in event time, unless it is a re-delivery or too late.
     /// `id` is the keyed hash of the transaction id.
     pub fn insert(
@@ -164,11 +176,7 @@ impl CustomerWindows {
             }
         }
         let k = (at.millis(), id & !OUTCOME_BITS);
-        let pos = match self.events.last() {
-            // In order, the usual case: no search through a busy customer's cold events.
-            Some(last) if last.key() < k => self.events.len(),
-            _ => self.events.partition_point(|e| e.key() < k),
-        };
+        let pos = self.position(k);
         if self.events.get(pos).is_some_and(|e| e.key() == k) {
             return Ok(Admission::Duplicate);
         }
@@ -279,7 +287,7 @@ impl CustomerWindows {
     /// false if it is not held.
     pub fn set_outcome(&mut self, at: EventTime, id: u64, outcome: u8) -> bool {
         let k = (at.millis(), id & !OUTCOME_BITS);
-        let pos = self.events.partition_point(|e| e.key() < k);
+        let pos = self.position(k);
         match self.events.get_mut(pos) {
             Some(e) if e.key() == k => {
                 e.id = k.1 | (outcome as u64 & OUTCOME_BITS);
@@ -292,7 +300,7 @@ impl CustomerWindows {
     /// The outcome recorded for the event at `at` with id hash `id`, if it is held (0: none).
     pub fn outcome(&self, at: EventTime, id: u64) -> Option<u8> {
         let k = (at.millis(), id & !OUTCOME_BITS);
-        let pos = self.events.partition_point(|e| e.key() < k);
+        let pos = self.position(k);
         self.events
             .get(pos)
             .filter(|e| e.key() == k)

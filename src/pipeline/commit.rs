@@ -20,7 +20,7 @@ use crate::shared::Shared;
 const REOFFER: Duration = Duration::from_secs(1);
 
 /// How long the commit at stop is made again while the group rebalances.
-pub const STOP_COMMIT_LIMIT: Duration = Duration::from_secs(5);
+const STOP_COMMIT_LIMIT: Duration = Duration::from_secs(5);
 
 /// How long the rebalance is served between two tries of the commit at stop.
 const SERVE: Duration = Duration::from_millis(100);

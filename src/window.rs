@@ -245,10 +245,7 @@ impl CustomerWindows {
     /// Count and sum for each window (ascending lengths) ending at `at`: events in `(at - w, at]`.
     pub fn stats(&self, at: EventTime, windows: &[WindowLen], out: &mut Vec<WindowStats>) {
         out.clear();
-        let end = match self.events.last() {
-            Some(last) if last.at <= at.millis() => self.events.len(),
-            _ => self.events.partition_point(|e| e.at <= at.millis()),
-        };
+        let end = self.first_after(self.events.len(), at.millis());
         let total = self.total_before(end);
         let mut lo = end;
         for w in windows {
@@ -262,9 +259,9 @@ impl CustomerWindows {
     }
 
     /// The first of the events before `hi` later than `bound`. Searched back from `hi` by
-    /// doubling steps, since a short window's start is a cache line or two from its end, where
-    /// halving the whole array would miss the cache at each step; a window holding every event
-    /// is known from the first one.
+    /// doubling steps, since a window's end is usually the newest event and a short window's
+    /// start a cache line or two before its end, where halving the whole array would miss the
+    /// cache at each step; a window holding every event is known from the first one.
     fn first_after(&self, hi: usize, bound: i64) -> usize {
         let events = &self.events[..hi];
         if events.first().is_none_or(|e| e.at > bound) {

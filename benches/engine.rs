@@ -1,4 +1,5 @@
-//! Engine benchmarks on a 1,000,000-customer population: decode + windows + features, and the whole
+//! Engine benchmarks on a 1,000,000-customer population: decode + windows + features (one message
+//! at a time, and in runs of 64 as the pipeline takes a fetch), and the whole
 //! path with ONNX scoring and output encoding at batch 1 and the default batch (with reason codes
 //! for reviews and declines, for none and for all), one row's reason codes alone, and ONNX
 //! inference alone on the population's rows and on synthetic ones.
@@ -40,6 +41,17 @@ fn benches(c: &mut Criterion) {
     g.bench_function("decode_window_features", |b| {
         b.iter(|| black_box(one.prepare().is_some()))
     });
+    // As the pipeline takes a fetch's messages: the run's customers prefetched together.
+    g.throughput(Throughput::Elements(64));
+    let mut run = Vec::with_capacity(64);
+    g.bench_function("decode_window_features_run_64", |b| {
+        b.iter(|| {
+            run.clear();
+            one.prepare_run(64, &mut run);
+            black_box(run.len())
+        })
+    });
+    g.throughput(Throughput::Elements(1));
     g.bench_function("decode_rfc3339_example", |b| {
         let value = br#"{"transaction_id": "tx-1", "customer_id": "c-42", "terminal_id": "t-7", "amount": 57.16, "timestamp": "2026-11-26T03:44:58.123Z"}"#;
         b.iter(|| black_box(fraudscore::decode::decode(None, value, 65536).is_ok()))

@@ -135,6 +135,14 @@ impl Engine {
         &self.store
     }
 
+    /// Starts bringing the state of the customer keyed `key` into the cache: called for a run of
+    /// messages before they are prepared, so that their customers' cache misses overlap.
+    pub fn prefetch(&self, key: Option<&[u8]>) {
+        if let Some(id) = key.and_then(|k| std::str::from_utf8(k).ok()) {
+            self.store.prefetch(id, self.spec.windows());
+        }
+    }
+
     /// Decodes one message (at `offset` of input `partition`), adds it to its customer's windows
     /// and computes its features.
     pub fn prepare(

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use dashmap::DashMap;
 
 use crate::decode::CustomerId;
-use crate::time::EventTime;
+use crate::time::{EventTime, WindowLen};
 use crate::window::CustomerWindows;
 
 #[derive(Debug, Default)]
@@ -118,6 +118,14 @@ impl Store {
     /// Reads one customer's windows in place (no copy of a hot customer's array), for lookups.
     pub fn read_customer<R>(&self, id: &str, f: impl FnOnce(&CustomerWindows) -> R) -> Option<R> {
         self.customers.get(id).map(|c| f(&c.windows))
+    }
+
+    /// Brings the customer's map slot and events into the cache ahead of an insert and its
+    /// `windows`.
+    pub fn prefetch(&self, id: &str, windows: &[WindowLen]) {
+        if let Some(c) = self.customers.get(id) {
+            c.windows.prefetch(windows);
+        }
     }
 
     /// The keyed hash of a transaction id, as the windows store it (62 bits: the low two are

@@ -115,6 +115,21 @@ fn from_units(units: i64) -> f64 {
     units as f64 / UNITS_PER_AMOUNT
 }
 
+/// Arrays up to this size are prefetched whole.
+const PREFETCH_WHOLE_BYTES: usize = 1024;
+
+/// A hint to bring the cache line holding `p` in; nothing is read, and no address can fault.
+#[inline]
+fn prefetch_line(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint to the cache: it dereferences nothing.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// An event in 24 bytes, ordered by (timestamp, id hash). A 62-bit keyed hash of the transaction
 /// id tells re-deliveries from other transactions of the same millisecond (16 bytes with 22 bits
 /// of an unkeyed hash left one pair in 4 M colliding, and collisions easy to craft); the two low
@@ -258,26 +273,57 @@ impl CustomerWindows {
         }
     }
 
-    /// The first of the events before `hi` later than `bound`. Searched back from `hi` by
-    /// doubling steps, since a window's end is usually the newest event and a short window's
-    /// start a cache line or two before its end, where halving the whole array would miss the
-    /// cache at each step; a window holding every event is known from the first one.
+    /// The first of the events before `hi` later than `bound`. Events come at a roughly steady
+    /// pace, so the time span guesses the place ([`CustomerWindows::guess`]), and the search
+    /// goes out from the guess by doubling steps: halving a busy customer's whole array would
+    /// take a cache miss at each step. A window's end is usually the newest event, and a window
+    /// holding every event is known from the first one.
     fn first_after(&self, hi: usize, bound: i64) -> usize {
         let events = &self.events[..hi];
-        if events.first().is_none_or(|e| e.at > bound) {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return 0;
+        };
+        if first.at > bound {
             return 0;
         }
-        // events[right..] are all later than bound; events[0] is not.
-        let (mut right, mut step) = (hi, 1);
-        while step < right {
-            let probe = right - step;
-            if events[probe].at <= bound {
-                return probe + 1 + events[probe + 1..right].partition_point(|e| e.at <= bound);
-            }
-            right = probe;
-            step *= 2;
+        if last.at <= bound {
+            return hi;
         }
-        1 + events[1..right].partition_point(|e| e.at <= bound)
+        // events[0] is not later than bound and events[hi - 1] is: the answer is in 1..hi.
+        let guess = Self::guess(first.at, last.at, hi, bound);
+        let later = |e: &Event| e.at > bound;
+        if later(&events[guess]) {
+            // events[right..] are all later than bound.
+            let (mut right, mut step) = (guess, 1);
+            while step < right {
+                let probe = right - step;
+                if !later(&events[probe]) {
+                    return probe + 1 + events[probe + 1..right].partition_point(|e| !later(e));
+                }
+                right = probe;
+                step *= 2;
+            }
+            1 + events[1..right].partition_point(|e| !later(e))
+        } else {
+            // events[..=left] are none of them later than bound.
+            let (mut left, mut step) = (guess, 1);
+            while left + step < hi - 1 {
+                let probe = left + step;
+                if later(&events[probe]) {
+                    return left + 1 + events[left + 1..probe].partition_point(|e| !later(e));
+                }
+                left = probe;
+                step *= 2;
+            }
+            left + 1 + events[left + 1..hi - 1].partition_point(|e| !later(e))
+        }
+    }
+
+    /// Where among `len` events spread from `first` to `last` (first <= bound < last) the first
+    /// one later than `bound` would be if they came at a steady pace: in 1..len.
+    fn guess(first: i64, last: i64, len: usize, bound: i64) -> usize {
+        let share = (bound - first) as f64 / (last - first) as f64;
+        (1 + (share * (len - 2) as f64) as usize).min(len - 1)
     }
 
     /// Records the outcome (1 to 3; 0 is "not scored") of the event at `at` with id hash `id`;
@@ -302,6 +348,32 @@ impl CustomerWindows {
             .get(pos)
             .filter(|e| e.key() == k)
             .map(|e| (e.id & OUTCOME_BITS) as u8)
+    }
+
+    /// Asks the CPU to bring the events into the cache ahead of an insert and its `windows`: a
+    /// short array whole; of a long one its ends (its oldest event tells a window holding every
+    /// event; in-order inserts begin at its newest) and where each window's start is guessed to
+    /// be, for an event as new as the newest.
+    pub fn prefetch(&self, windows: &[WindowLen]) {
+        let events: &[Event] = &self.events;
+        let (start, bytes) = (events.as_ptr().cast::<u8>(), std::mem::size_of_val(events));
+        if bytes <= PREFETCH_WHOLE_BYTES {
+            for line in (0..bytes).step_by(64) {
+                prefetch_line(start.wrapping_add(line));
+            }
+            return;
+        }
+        let (first, last) = (events[0].at, events[events.len() - 1].at);
+        prefetch_line(start);
+        prefetch_line(start.wrapping_add(bytes - 64));
+        for w in windows {
+            let bound = last - w.millis();
+            if first <= bound && bound < last {
+                let at = Self::guess(first, last, events.len(), bound);
+                prefetch_line(events[at - 1..].as_ptr().cast());
+                prefetch_line(events[at..].as_ptr().cast());
+            }
+        }
     }
 
     pub fn newest(&self) -> Option<EventTime> {

@@ -30,9 +30,10 @@ pub struct Lane {
     lanes: u64,
     /// The output being encoded, kept between transactions as the service keeps it.
     encoded: Vec<u8>,
-    /// A run's messages, key and value back to back, and where each one's key and value end.
+    /// A run's messages, key and value back to back, and where each one's key, value and
+    /// end begin.
     run: Vec<u8>,
-    run_ends: Vec<(usize, usize)>,
+    run_spans: Vec<(usize, usize, usize)>,
 }
 
 impl Lane {
@@ -51,7 +52,7 @@ impl Lane {
             lanes,
             encoded: Vec::new(),
             run: Vec::new(),
-            run_ends: Vec::new(),
+            run_spans: Vec::new(),
         };
         let started = Instant::now();
         for _ in 0..events {
@@ -85,28 +86,25 @@ impl Lane {
     pub fn prepare_run(&mut self, n: usize, prepared: &mut Vec<Prepared>) {
         while prepared.len() < n {
             self.run.clear();
-            self.run_ends.clear();
-            while self.run_ends.len() < n - prepared.len() {
+            self.run_spans.clear();
+            while self.run_spans.len() < n - prepared.len() {
                 let (key, value) = self.stream.next_message();
                 if owns(self.lane, self.lanes, key) {
+                    let start = self.run.len();
                     self.run.extend_from_slice(key);
-                    let key_end = self.run.len();
                     self.run.extend_from_slice(value);
-                    self.run_ends.push((key_end, self.run.len()));
+                    self.run_spans
+                        .push((start, start + key.len(), self.run.len()));
                 }
             }
-            let mut start = 0;
-            for &(key_end, end) in &self.run_ends {
+            for &(start, key_end, _) in &self.run_spans {
                 self.engine.prefetch(Some(&self.run[start..key_end]));
-                start = end;
             }
-            let mut start = 0;
-            for &(key_end, end) in &self.run_ends {
+            for &(start, key_end, end) in &self.run_spans {
                 let (key, value) = (&self.run[start..key_end], &self.run[key_end..end]);
                 if let Ok(p) = self.engine.prepare(0, 0, Some(key), value) {
                     prepared.push(p);
                 }
-                start = end;
             }
         }
     }

@@ -148,11 +148,6 @@ impl GroupContext {
         lock(&self.assigned).take()
     }
 
-    /// Whether an assignment came that [`GroupContext::take_assigned`] has not taken yet.
-    pub fn assignment_pending(&self) -> bool {
-        lock(&self.assigned).is_some()
-    }
-
     /// Parked partitions and the offsets their state reflects.
     pub fn take_parked(&self) -> HashMap<i32, i64> {
         std::mem::take(&mut *lock(&self.parked))

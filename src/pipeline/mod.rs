@@ -296,8 +296,7 @@ impl Worker {
                 batch_deadline.saturating_duration_since(Instant::now())
             };
             let polled = consumer.poll(timeout);
-            self.drop_revoked(consumer, &mut run);
-            self.restore_assigned(consumer, stop)?;
+            self.meet_rebalance(consumer, &mut run, stop)?;
             match polled {
                 Some(Ok(msg)) => {
                     if self.batch.is_empty() {
@@ -331,9 +330,7 @@ impl Worker {
         Ok(())
     }
 
-    /// Adds to `run` what poll hands over without waiting, up to a full batch. A rebalance that
-    /// one of these polls serves is met as one poll at a time would meet it: messages of revoked
-    /// partitions are dropped, and those polled before an assignment are taken before its restore.
+    /// Adds to `run` what poll hands over without waiting, up to a full batch.
     fn gather<'c>(
         &mut self,
         consumer: &'c BaseConsumer<GroupContext>,
@@ -342,11 +339,7 @@ impl Worker {
     ) -> Result<(), PipelineError> {
         while self.batch.len() + run.len() < self.config.model.max_batch {
             let polled = consumer.poll(Duration::ZERO);
-            self.drop_revoked(consumer, run);
-            if consumer.context().assignment_pending() {
-                self.take_run(run, stop)?;
-                self.restore_assigned(consumer, stop)?;
-            }
+            self.meet_rebalance(consumer, run, stop)?;
             match polled {
                 Some(Ok(msg)) => run.push((msg, Instant::now())),
                 Some(Err(e)) => {
@@ -370,6 +363,19 @@ impl Worker {
             self.take(&msg, consumed_at, stop)?;
         }
         Ok(())
+    }
+
+    /// What the rebalance callbacks run inside the last `poll` left to do, before the message it
+    /// returned (if any) joins `run`: messages of revoked partitions are dropped, and those polled
+    /// before an assignment are taken before its restore.
+    fn meet_rebalance<'c>(
+        &mut self,
+        consumer: &'c BaseConsumer<GroupContext>,
+        run: &mut Run<'c>,
+        stop: &AtomicBool,
+    ) -> Result<(), PipelineError> {
+        self.drop_revoked(consumer, run);
+        self.restore_assigned(consumer, run, stop)
     }
 
     /// A rebalance inside `poll` revoked partitions and committed their acknowledged offsets:
@@ -396,12 +402,14 @@ impl Worker {
     fn restore_assigned(
         &mut self,
         consumer: &BaseConsumer<GroupContext>,
+        run: &mut Run<'_>,
         stop: &AtomicBool,
     ) -> Result<(), PipelineError> {
         let Some(assigned) = consumer.context().take_assigned() else {
             return Ok(());
         };
-        // Score what is batched first: a restore can take a while.
+        // Score what was polled before first: a restore can take a while.
+        self.take_run(run, stop)?;
         self.flush_batch(stop)?;
         let resumed = restore::restore(
             consumer,

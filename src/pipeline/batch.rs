@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Message, OwnedHeaders};
 
 use crate::engine::Prepared;
 use crate::model::ModelError;
@@ -84,6 +84,14 @@ impl Batch {
     }
 }
 
+/// Drops the polled messages of revoked partitions, for the reason
+/// [`Batch::drop_partitions`] drops their transactions. Returns how many.
+pub fn drop_polled<M: Message>(run: &mut Vec<(M, Instant)>, revoked: &[i32]) -> usize {
+    let before = run.len();
+    run.retain(|(msg, _)| !revoked.contains(&msg.partition()));
+    before - run.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +162,35 @@ mod tests {
         let (prepared, source) = item(5, 9);
         batch.push(prepared, source);
         assert_eq!(ids(&mut batch), ["5-9"]);
+    }
+
+    #[test]
+    fn revoked_partitions_leave_the_polled_messages_and_the_rest_keep_their_order() {
+        use rdkafka::message::{OwnedMessage, Timestamp};
+        let mut run: Vec<(OwnedMessage, Instant)> =
+            [(0, 1), (1, 1), (0, 2), (2, 1), (1, 2), (0, 3)]
+                .into_iter()
+                .map(|(p, o)| {
+                    let msg = OwnedMessage::new(
+                        None,
+                        None,
+                        "in".into(),
+                        Timestamp::NotAvailable,
+                        p,
+                        o,
+                        None,
+                    );
+                    (msg, Instant::now())
+                })
+                .collect();
+        assert_eq!(drop_polled(&mut run, &[1, 3]), 2);
+        let left: Vec<(i32, i64)> = run
+            .iter()
+            .map(|(m, _)| (m.partition(), m.offset()))
+            .collect();
+        assert_eq!(left, [(0, 1), (0, 2), (2, 1), (0, 3)]);
+        assert_eq!(drop_polled(&mut run, &[]), 0);
+        assert_eq!(run.len(), 4);
     }
 
     #[test]

@@ -385,9 +385,7 @@ impl Worker {
         if revoked.is_empty() {
             return;
         }
-        let polled = run.len();
-        run.retain(|(msg, _)| !revoked.contains(&msg.partition()));
-        let dropped = self.batch.drop_partitions(&revoked) + polled - run.len();
+        let dropped = self.batch.drop_partitions(&revoked) + batch::drop_polled(run, &revoked);
         if dropped > 0 {
             info!(
                 dropped,

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::decode::{self, CustomerId, RejectReason, Rejection, Transaction};
 use crate::features::{FeatureSpec, Features};
 use crate::store::Store;
 use crate::terminals::{TerminalStats, Terminals};
 use crate::time::EventTime;
+use crate::window::Reach;
 use crate::window::{Admission, Refused, Retention, WindowStats};
 
 /// Settings of the engine that shape its answers.
@@ -135,11 +137,17 @@ impl Engine {
         &self.store
     }
 
-    /// Starts bringing the state of the customer keyed `key` into the cache: called for a run of
-    /// messages before they are prepared, so that their customers' cache misses overlap.
-    pub fn prefetch(&self, key: Option<&[u8]>) {
-        if let Some(id) = key.and_then(|k| std::str::from_utf8(k).ok()) {
-            self.store.prefetch(id, self.spec.windows());
+    /// Starts bringing the state of the customers keyed `keys` into the cache: called for a run
+    /// of messages before they are prepared, so that their customers' cache misses overlap.
+    pub fn prefetch<'k>(&self, keys: impl Iterator<Item = Option<&'k [u8]>>) {
+        let ids: SmallVec<[&str; 64]> = keys
+            .flatten()
+            .filter_map(|k| std::str::from_utf8(k).ok())
+            .collect();
+        for reach in Reach::ALL {
+            for id in &ids {
+                self.store.prefetch(id, self.spec.windows(), reach);
+            }
         }
     }
 

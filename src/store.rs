@@ -9,7 +9,7 @@ use dashmap::DashMap;
 
 use crate::decode::CustomerId;
 use crate::time::{EventTime, WindowLen};
-use crate::window::CustomerWindows;
+use crate::window::{CustomerWindows, Reach};
 
 #[derive(Debug, Default)]
 struct Customer {
@@ -120,11 +120,11 @@ impl Store {
         self.customers.get(id).map(|c| f(&c.windows))
     }
 
-    /// Brings the customer's map slot and events into the cache ahead of an insert and its
-    /// `windows`.
-    pub fn prefetch(&self, id: &str, windows: &[WindowLen]) {
+    /// Brings the customer's map slot, and its events as far as `reach`, into the cache ahead
+    /// of an insert and its `windows`.
+    pub fn prefetch(&self, id: &str, windows: &[WindowLen], reach: Reach) {
         if let Some(c) = self.customers.get(id) {
-            c.windows.prefetch(windows);
+            c.windows.prefetch(windows, reach);
         }
     }
 

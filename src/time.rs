@@ -2,9 +2,7 @@
 //! calendar helpers; and [`WindowLen`], the length of a sliding window in event time.
 
 use std::fmt;
-use std::time::Duration;
-
-use time::OffsetDateTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MS_PER_DAY: i64 = 86_400_000;
 const MIN_WINDOW_MS: i64 = 1_000;
@@ -42,8 +40,14 @@ impl EventTime {
         matches!(self.0.div_euclid(MS_PER_DAY).rem_euclid(7), 2 | 3)
     }
 
+    /// The wall clock. Read for every message, so straight from `SystemTime`: a calendar date
+    /// built and taken apart again, in 128-bit nanoseconds, cost more than the clock itself.
     pub fn now() -> EventTime {
-        EventTime((OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64)
+        let since = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        EventTime(match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(after) => since(after),
+            Err(before) => -since(before.duration()),
+        })
     }
 
     /// RFC 3339 in UTC with milliseconds, as in the output wire format:
@@ -147,6 +151,7 @@ impl fmt::Display for WindowLen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use time::OffsetDateTime;
 
     #[test]
     fn calendar_helpers_in_utc() {
@@ -177,6 +182,18 @@ mod tests {
             );
             proptest::prop_assert_eq!(EventTime(ms).to_string(), expected);
         }
+    }
+
+    #[test]
+    fn now_is_the_wall_clock_in_epoch_milliseconds() {
+        let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
+        let before = ms(OffsetDateTime::now_utc());
+        let now = EventTime::now().millis();
+        let after = ms(OffsetDateTime::now_utc());
+        assert!(
+            before <= now && now <= after,
+            "{before} <= {now} <= {after}"
+        );
     }
 
     #[test]

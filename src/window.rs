@@ -118,6 +118,26 @@ fn from_units(units: i64) -> f64 {
 /// Arrays up to this size are prefetched whole.
 const PREFETCH_WHOLE_BYTES: usize = 1024;
 
+/// The array's length and capacity, stored before its events.
+const HEADER_BYTES: usize = 16;
+
+/// The steps of [`CustomerWindows::prefetch`], in order: each needs the lines the one before
+/// asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// The array's header, with its length, and its oldest events.
+    Header,
+    /// A short array whole; a long one's newest events, where in-order inserts go.
+    Ends,
+    /// Where each window's start is guessed to be in a long array, from its oldest and newest
+    /// events.
+    Starts,
+}
+
+impl Reach {
+    pub const ALL: [Reach; 3] = [Reach::Header, Reach::Ends, Reach::Starts];
+}
+
 /// A hint to bring the cache line holding `p` in; nothing is read, and no address can fault.
 #[inline]
 fn prefetch_line(p: *const u8) {
@@ -350,28 +370,39 @@ impl CustomerWindows {
             .map(|e| (e.id & OUTCOME_BITS) as u8)
     }
 
-    /// Asks the CPU to bring the events into the cache ahead of an insert and its `windows`: a
-    /// short array whole; of a long one its ends (its oldest event tells a window holding every
-    /// event; in-order inserts begin at its newest) and where each window's start is guessed to
-    /// be, for an event as new as the newest.
-    pub fn prefetch(&self, windows: &[WindowLen]) {
-        let events: &[Event] = &self.events;
-        let (start, bytes) = (events.as_ptr().cast::<u8>(), std::mem::size_of_val(events));
-        if bytes <= PREFETCH_WHOLE_BYTES {
-            for line in (0..bytes).step_by(64) {
-                prefetch_line(start.wrapping_add(line));
-            }
+    /// Asks the CPU to bring part of the events into the cache ahead of an insert and its
+    /// `windows`. Each [`Reach`] reads only what the one before brought in, so that a run's
+    /// customers are fetched a step at a time, their misses overlapping, instead of each
+    /// customer's steps waiting on one another.
+    pub fn prefetch(&self, windows: &[WindowLen], reach: Reach) {
+        // The slice's pointer comes from the map slot; its length is in the array's header,
+        // which only the first step may not read.
+        let start = self.events.as_ptr().cast::<u8>();
+        if reach == Reach::Header {
+            prefetch_line(start.wrapping_sub(HEADER_BYTES));
             return;
         }
-        let (first, last) = (events[0].at, events[events.len() - 1].at);
-        prefetch_line(start);
-        prefetch_line(start.wrapping_add(bytes - 64));
-        for w in windows {
-            let bound = last - w.millis();
-            if first <= bound && bound < last {
-                let at = Self::guess(first, last, events.len(), bound);
-                prefetch_line(events[at - 1..].as_ptr().cast());
-                prefetch_line(events[at..].as_ptr().cast());
+        let events: &[Event] = &self.events;
+        let bytes = std::mem::size_of_val(events);
+        match reach {
+            Reach::Header => {}
+            Reach::Ends if bytes <= PREFETCH_WHOLE_BYTES => {
+                for line in (0..bytes).step_by(64) {
+                    prefetch_line(start.wrapping_add(line));
+                }
+            }
+            Reach::Ends => prefetch_line(start.wrapping_add(bytes - 64)),
+            Reach::Starts if bytes <= PREFETCH_WHOLE_BYTES => {}
+            Reach::Starts => {
+                let (first, last) = (events[0].at, events[events.len() - 1].at);
+                for w in windows {
+                    let bound = last - w.millis();
+                    if first <= bound && bound < last {
+                        let at = Self::guess(first, last, events.len(), bound);
+                        prefetch_line(events[at - 1..].as_ptr().cast());
+                        prefetch_line(events[at..].as_ptr().cast());
+                    }
+                }
             }
         }
     }
@@ -579,6 +610,10 @@ mod tests {
                     }
                 }
                 newest = newest.max(t);
+                // The hints run over every array size here, short and long: they must not panic.
+                for reach in Reach::ALL {
+                    c.prefetch(&windows, reach);
+                }
                 c.stats(at(t), &windows, &mut out);
                 for (stats, win) in out.iter().zip(windows) {
                     let (n, cents) = reference(&accepted, t, win.millis());

@@ -97,9 +97,12 @@ impl Lane {
                         .push((start, start + key.len(), self.run.len()));
                 }
             }
-            for &(start, key_end, _) in &self.run_spans {
-                self.engine.prefetch(Some(&self.run[start..key_end]));
-            }
+            let run = &self.run;
+            self.engine.prefetch(
+                self.run_spans
+                    .iter()
+                    .map(|&(start, key_end, _)| Some(&run[start..key_end])),
+            );
             for &(start, key_end, end) in &self.run_spans {
                 let (key, value) = (&self.run[start..key_end], &self.run[key_end..end]);
                 if let Ok(p) = self.engine.prepare(0, 0, Some(key), value) {

@@ -356,9 +356,7 @@ impl Worker {
     /// together: on a large state each customer is a few cache misses, which then overlap
     /// instead of coming one after another.
     fn take_run(&mut self, run: &mut Run<'_>, stop: &AtomicBool) -> Result<(), PipelineError> {
-        for (msg, _) in run.iter() {
-            self.engine.prefetch(msg.key());
-        }
+        self.engine.prefetch(run.iter().map(|(msg, _)| msg.key()));
         for (msg, consumed_at) in run.drain(..) {
             self.take(&msg, consumed_at, stop)?;
         }

@@ -140,14 +140,12 @@ impl Engine {
     /// Starts bringing the state of the customers keyed `keys` into the cache: called for a run
     /// of messages before they are prepared, so that their customers' cache misses overlap.
     pub fn prefetch<'k>(&self, keys: impl Iterator<Item = Option<&'k [u8]>>) {
-        let ids: SmallVec<[&str; 64]> = keys
+        let mut ids: SmallVec<[&str; 64]> = keys
             .flatten()
             .filter_map(|k| std::str::from_utf8(k).ok())
             .collect();
         for reach in Reach::ALL {
-            for id in &ids {
-                self.store.prefetch(id, self.spec.windows(), reach);
-            }
+            ids.retain(|id| self.store.prefetch(id, self.spec.windows(), reach));
         }
     }
 

@@ -121,11 +121,11 @@ impl Store {
     }
 
     /// Brings the customer's map slot, and its events as far as `reach`, into the cache ahead
-    /// of an insert and its `windows`.
-    pub fn prefetch(&self, id: &str, windows: &[WindowLen], reach: Reach) {
-        if let Some(c) = self.customers.get(id) {
-            c.windows.prefetch(windows, reach);
-        }
+    /// of an insert and its `windows`; true if the next step has more to bring.
+    pub fn prefetch(&self, id: &str, windows: &[WindowLen], reach: Reach) -> bool {
+        self.customers
+            .get(id)
+            .is_some_and(|c| c.windows.prefetch(windows, reach))
     }
 
     /// The keyed hash of a transaction id, as the windows store it (62 bits: the low two are

@@ -371,28 +371,31 @@ impl CustomerWindows {
     }
 
     /// Asks the CPU to bring part of the events into the cache ahead of an insert and its
-    /// `windows`. Each [`Reach`] reads only what the one before brought in, so that a run's
-    /// customers are fetched a step at a time, their misses overlapping, instead of each
-    /// customer's steps waiting on one another.
-    pub fn prefetch(&self, windows: &[WindowLen], reach: Reach) {
+    /// `windows`; true if the next [`Reach`] has more to bring. Each step reads only what the
+    /// one before brought in, so that a run's customers are fetched a step at a time, their
+    /// misses overlapping, instead of each customer's steps waiting on one another.
+    pub fn prefetch(&self, windows: &[WindowLen], reach: Reach) -> bool {
         // The slice's pointer comes from the map slot; its length is in the array's header,
         // which only the first step may not read.
         let start = self.events.as_ptr().cast::<u8>();
         if reach == Reach::Header {
             prefetch_line(start.wrapping_sub(HEADER_BYTES));
-            return;
+            return true;
         }
         let events: &[Event] = &self.events;
         let bytes = std::mem::size_of_val(events);
         match reach {
-            Reach::Header => {}
+            Reach::Header => true,
             Reach::Ends if bytes <= PREFETCH_WHOLE_BYTES => {
                 for line in (0..bytes).step_by(64) {
                     prefetch_line(start.wrapping_add(line));
                 }
+                false
             }
-            Reach::Ends => prefetch_line(start.wrapping_add(bytes - 64)),
-            Reach::Starts if bytes <= PREFETCH_WHOLE_BYTES => {}
+            Reach::Ends => {
+                prefetch_line(start.wrapping_add(bytes - 64));
+                true
+            }
             Reach::Starts => {
                 let (first, last) = (events[0].at, events[events.len() - 1].at);
                 for w in windows {
@@ -403,6 +406,7 @@ impl CustomerWindows {
                         prefetch_line(events[at..].as_ptr().cast());
                     }
                 }
+                false
             }
         }
     }
@@ -612,7 +616,9 @@ mod tests {
                 newest = newest.max(t);
                 // The hints run over every array size here, short and long: they must not panic.
                 for reach in Reach::ALL {
-                    c.prefetch(&windows, reach);
+                    if !c.prefetch(&windows, reach) {
+                        break;
+                    }
                 }
                 c.stats(at(t), &windows, &mut out);
                 for (stats, win) in out.iter().zip(windows) {

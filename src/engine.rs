@@ -12,8 +12,7 @@ use crate::features::{FeatureSpec, Features};
 use crate::store::Store;
 use crate::terminals::{TerminalStats, Terminals};
 use crate::time::EventTime;
-use crate::window::Reach;
-use crate::window::{Admission, Refused, Retention, WindowStats};
+use crate::window::{Admission, Reach, Refused, Retention, WindowStats};
 
 /// Settings of the engine that shape its answers.
 #[derive(Debug, Clone, PartialEq)]

@@ -375,28 +375,28 @@ impl CustomerWindows {
     /// one before brought in, so that a run's customers are fetched a step at a time, their
     /// misses overlapping, instead of each customer's steps waiting on one another.
     pub fn prefetch(&self, windows: &[WindowLen], reach: Reach) -> bool {
-        // The slice's pointer comes from the map slot; its length is in the array's header,
-        // which only the first step may not read.
+        // The array's address comes from the map slot; its length is in its header, which the
+        // first step may not read yet.
         let start = self.events.as_ptr().cast::<u8>();
-        if reach == Reach::Header {
-            prefetch_line(start.wrapping_sub(HEADER_BYTES));
-            return true;
-        }
-        let events: &[Event] = &self.events;
-        let bytes = std::mem::size_of_val(events);
+        let bytes = || std::mem::size_of_val::<[Event]>(&self.events);
         match reach {
-            Reach::Header => true,
-            Reach::Ends if bytes <= PREFETCH_WHOLE_BYTES => {
-                for line in (0..bytes).step_by(64) {
+            Reach::Header => {
+                prefetch_line(start.wrapping_sub(HEADER_BYTES));
+                true
+            }
+            Reach::Ends if bytes() <= PREFETCH_WHOLE_BYTES => {
+                for line in (0..bytes()).step_by(64) {
                     prefetch_line(start.wrapping_add(line));
                 }
                 false
             }
             Reach::Ends => {
-                prefetch_line(start.wrapping_add(bytes - 64));
+                prefetch_line(start.wrapping_add(bytes() - 64));
                 true
             }
+            Reach::Starts if bytes() <= PREFETCH_WHOLE_BYTES => false,
             Reach::Starts => {
+                let events: &[Event] = &self.events;
                 let (first, last) = (events[0].at, events[events.len() - 1].at);
                 for w in windows {
                     let bound = last - w.millis();

@@ -1,6 +1,8 @@
 //! Decoding one input message value into a validated [`Transaction`] (or a fraud [`Label`]), or a
 //! [`Rejection`] with its reason.
 
+mod flat;
+
 use std::borrow::Cow;
 use std::fmt;
 
@@ -143,6 +145,11 @@ fn parse(value: &[u8], max_message_bytes: usize) -> Result<RawMessage<'_>, Rejec
             ),
         ));
     }
+    // The plain shape producers send is read without serde; anything else, and every error, by
+    // serde_json.
+    if let Some(raw) = flat::read(value) {
+        return Ok(raw);
+    }
     serde_json::from_slice(value).map_err(|e| {
         let message = e.to_string();
         match e.classify() {
@@ -240,7 +247,7 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// The fields of a transaction or a label, as they appeared.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct RawMessage<'a> {
     transaction_id: Option<Scalar<'a>>,
     customer_id: Option<Scalar<'a>>,
@@ -264,6 +271,19 @@ enum Field {
 }
 
 impl Field {
+    fn of(name: &str) -> Field {
+        match name {
+            "transaction_id" => Field::TransactionId,
+            "customer_id" => Field::CustomerId,
+            "terminal_id" => Field::TerminalId,
+            "amount" => Field::Amount,
+            "timestamp" => Field::Timestamp,
+            "label" => Field::Label,
+            "labelled_at" => Field::LabelledAt,
+            _ => Field::Other,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Field::TransactionId => "transaction_id",
@@ -287,16 +307,7 @@ impl<'de> de::Deserialize<'de> for Field {
                 f.write_str("a field name")
             }
             fn visit_str<E>(self, v: &str) -> Result<Field, E> {
-                Ok(match v {
-                    "transaction_id" => Field::TransactionId,
-                    "customer_id" => Field::CustomerId,
-                    "terminal_id" => Field::TerminalId,
-                    "amount" => Field::Amount,
-                    "timestamp" => Field::Timestamp,
-                    "label" => Field::Label,
-                    "labelled_at" => Field::LabelledAt,
-                    _ => Field::Other,
-                })
+                Ok(Field::of(v))
             }
         }
         d.deserialize_identifier(V)
@@ -314,18 +325,9 @@ impl<'de> de::Deserialize<'de> for RawMessage<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut raw = RawMessage::default();
                 while let Some(field) = map.next_key::<Field>()? {
-                    let slot = match field {
-                        Field::TransactionId => &mut raw.transaction_id,
-                        Field::CustomerId => &mut raw.customer_id,
-                        Field::TerminalId => &mut raw.terminal_id,
-                        Field::Amount => &mut raw.amount,
-                        Field::Timestamp => &mut raw.timestamp,
-                        Field::Label => &mut raw.label,
-                        Field::LabelledAt => &mut raw.labelled_at,
-                        Field::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
+                    let Some(slot) = raw.slot(&field) else {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
                     };
                     if slot.is_some() {
                         return Err(de::Error::custom(format!(
@@ -342,7 +344,21 @@ impl<'de> de::Deserialize<'de> for RawMessage<'de> {
     }
 }
 
-impl RawMessage<'_> {
+impl<'a> RawMessage<'a> {
+    /// Where a field's value goes; `None` for a field we do not read.
+    fn slot(&mut self, field: &Field) -> Option<&mut Option<Scalar<'a>>> {
+        Some(match field {
+            Field::TransactionId => &mut self.transaction_id,
+            Field::CustomerId => &mut self.customer_id,
+            Field::TerminalId => &mut self.terminal_id,
+            Field::Amount => &mut self.amount,
+            Field::Timestamp => &mut self.timestamp,
+            Field::Label => &mut self.label,
+            Field::LabelledAt => &mut self.labelled_at,
+            Field::Other => return None,
+        })
+    }
+
     fn validate_label(self) -> Result<Label, Rejection> {
         let transaction_id = id(
             "transaction_id",

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use fraudscore_contract::RejectReason;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use tracing::{debug, error, info, warn};
 
@@ -295,9 +295,7 @@ impl Worker {
             } else {
                 batch_deadline.saturating_duration_since(Instant::now())
             };
-            let polled = consumer.poll(timeout);
-            self.meet_rebalance(consumer, &mut run, stop)?;
-            match polled {
+            match self.poll(consumer, timeout, &mut run, stop)? {
                 Some(Ok(msg)) => {
                     if self.batch.is_empty() {
                         batch_deadline = Instant::now() + max_wait;
@@ -338,9 +336,7 @@ impl Worker {
         stop: &AtomicBool,
     ) -> Result<(), PipelineError> {
         while self.batch.len() + run.len() < self.config.model.max_batch {
-            let polled = consumer.poll(Duration::ZERO);
-            self.meet_rebalance(consumer, run, stop)?;
-            match polled {
+            match self.poll(consumer, Duration::ZERO, run, stop)? {
                 Some(Ok(msg)) => run.push((msg, Instant::now())),
                 Some(Err(e)) => {
                     warn!(error = %e, "consumer error");
@@ -363,17 +359,20 @@ impl Worker {
         Ok(())
     }
 
-    /// What the rebalance callbacks run inside the last `poll` left to do, before the message it
-    /// returned (if any) joins `run`: messages of revoked partitions are dropped, and those polled
-    /// before an assignment are taken before its restore.
-    fn meet_rebalance<'c>(
+    /// The pipeline's one poll of the consumer. The rebalance callbacks run inside it; what they
+    /// left to do is done before the message it returned (if any) joins `run`: messages of revoked
+    /// partitions are dropped, and those polled before an assignment are taken before its restore.
+    fn poll<'c>(
         &mut self,
         consumer: &'c BaseConsumer<GroupContext>,
+        timeout: Duration,
         run: &mut Run<'c>,
         stop: &AtomicBool,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<Option<KafkaResult<BorrowedMessage<'c>>>, PipelineError> {
+        let polled = consumer.poll(timeout);
         self.drop_revoked(consumer, run);
-        self.restore_assigned(consumer, run, stop)
+        self.restore_assigned(consumer, run, stop)?;
+        Ok(polled)
     }
 
     /// A rebalance inside `poll` revoked partitions and committed their acknowledged offsets:

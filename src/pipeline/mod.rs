@@ -359,9 +359,10 @@ impl Worker {
         Ok(())
     }
 
-    /// The pipeline's one poll of the consumer. The rebalance callbacks run inside it; what they
-    /// left to do is done before the message it returned (if any) joins `run`: messages of revoked
-    /// partitions are dropped, and those polled before an assignment are taken before its restore.
+    /// The scoring loop's one poll of the consumer. The rebalance callbacks run inside it; what
+    /// they left to do is done before the message it returned (if any) joins `run`: messages of
+    /// revoked partitions are dropped, and those polled before an assignment are taken before its
+    /// restore.
     fn poll<'c>(
         &mut self,
         consumer: &'c BaseConsumer<GroupContext>,

@@ -620,8 +620,8 @@ fn a_rebalance_under_load_neither_loses_nor_duplicates_cooperative() {
 }
 
 /// With `model.max_wait`, transactions wait in the batch for up to a second, so a revocation
-/// finds some of the revoked partitions' there: they are dropped for the next owner, not output
-/// by both. (With the shipped 0 ms the batch is scored before the next poll that finds nothing,
+/// finds some of the revoked partitions' transactions there: they are dropped for the next
+/// owner, not output by both. (With the shipped 0 ms the batch is scored before the next poll that finds nothing,
 /// so a revocation rarely finds one.) Duplicates are asserted only when the mock accepted the
 /// revocation commit (see the end of `rebalance_under_load`): without the drop, 3 of 4 runs
 /// failed here, with 26 to 41 transactions output twice.
